@@ -1,0 +1,1 @@
+"""pyiscsiadm: the command-line client."""

@@ -1,0 +1,1 @@
+"""pyiscsid daemon: the asyncio runtime around the protocol core."""

@@ -1,0 +1,1 @@
+"""pyiscsid protocol core: sans-IO, bytes and time in, events and bytes out."""
