@@ -44,6 +44,26 @@ class InitiatorProtocolError(ProtocolError):
     """Our side asked the core for something the protocol or its state does not allow."""
 
 
+class TaskError(ISCSIError):
+    """A SCSI task ended without a SCSI status from the target."""
+
+
+class CommandRejected(TaskError):
+    """The target answered the command with a Reject PDU (RFC 7143 section 11.17)."""
+
+    def __init__(self, reason: int, description: str) -> None:
+        self.reason = reason
+        super().__init__(f"target rejected the command: {description} (reason 0x{reason:02x})")
+
+
+class TaskAborted(TaskError):
+    """The task was aborted by task management or ended by the target (RFC 7143 11.5)."""
+
+
+class TargetFailure(TaskError):
+    """SCSI Response with Response 0x01, 'target failure' (RFC 7143 section 11.4.3)."""
+
+
 class NegotiationError(ProtocolError):
     """A login or text negotiation cannot reach a result (RFC 7143 section 6.2)."""
 

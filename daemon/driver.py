@@ -1,0 +1,385 @@
+"""A thin asyncio driver around the sans-IO :class:`~pyiscsid.protocol.connection.Connection`.
+
+It opens the TCP connection, feeds bytes and ``loop.time()`` to the core, writes what the
+core returns with one ``writelines`` per batch, keeps exactly one timer at the core's next
+deadline (aioquic's ``QuicConnectionProtocol`` is the model), and turns events into awaited
+results. Supervision and recovery build on it (``session.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from pyiscsid.protocol.config import ConnectionConfig
+from pyiscsid.protocol.connection import Connection, ConnectionState
+from pyiscsid.protocol.discovery import (
+    DiscoveredTarget,
+    Portal,
+    parse_send_targets,
+    send_targets_request,
+)
+from pyiscsid.protocol.errors import ISCSIError, TargetProtocolError
+from pyiscsid.protocol.events import (
+    AsyncMessageReceived,
+    CommandCompleted,
+    CommandFailed,
+    Event,
+    LoginCompleted,
+    LoginFailed,
+    LoginRedirected,
+    LogoutCompleted,
+    PingCompleted,
+    PingTimedOut,
+    TaskManagementCompleted,
+    TextExchangeCompleted,
+)
+from pyiscsid.protocol.pdu import Buffer, LogoutReason, TaskAttribute, TaskManagementFunction
+from pyiscsid.protocol.scsi import ScsiCommandError, ScsiStatus, lun_to_field
+from pyiscsid.protocol.sense import Sense, parse_sense
+
+DEFAULT_LOGIN_TIMEOUT = 15.0  # open-iscsi's node.conn[0].timeo.login_timeout
+DEFAULT_LOGOUT_TIMEOUT = 15.0
+MAX_REDIRECTS = 8
+UNIT_ATTENTION_RETRIES = 8
+
+
+class ConnectionLostError(ISCSIError):
+    """The TCP connection closed or failed before the exchange finished."""
+
+
+class LoginTimeoutError(ISCSIError):
+    """The target did not finish the login within the login timeout (iscsiadm exit 8)."""
+
+
+class LoginRedirectedError(ISCSIError):
+    """Raised inside the driver to follow a redirect; carries the new portal."""
+
+    def __init__(self, address: str, port: int, permanent: bool) -> None:
+        self.address = address
+        self.port = port
+        self.permanent = permanent
+        super().__init__(f"redirected to {address}:{port}")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """A SCSI command's outcome: its status, sense and, for reads, the data received."""
+
+    status: int
+    sense: Sense | None
+    data: memoryview
+    residual_count: int = 0
+
+    def check(self) -> CommandResult:
+        """Raise :class:`ScsiCommandError` unless the status is GOOD."""
+        if self.status != ScsiStatus.GOOD:
+            raise ScsiCommandError(self.status, self.sense)
+        return self
+
+
+class IscsiConnection(asyncio.Protocol):
+    """One logged-in iSCSI connection (and so one session) on the event loop."""
+
+    def __init__(self, config: ConnectionConfig, portal: Portal) -> None:
+        self.config = config
+        self.portal = portal
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._core: Connection | None = None
+        self._login: asyncio.Future[LoginCompleted] = self._loop.create_future()
+        self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._logout: asyncio.Future[LogoutCompleted] | None = None
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._timer: asyncio.TimerHandle | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._error: ISCSIError | None = None
+        self.on_event: Callable[[Event], None] | None = None  # async messages etc.
+
+    # ---------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._core = Connection(self.config, rng=os.urandom, now=self._loop.time())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        core = self._core
+        assert core is not None
+        try:
+            events = core.receive_data(data, self._loop.time())
+        except TargetProtocolError as exc:
+            self._abort(exc)
+            return
+        for event in events:
+            self._dispatch(event)
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._core is not None:
+            self._core.fail()
+        error = self._error or ConnectionLostError(
+            f"connection to {self.portal.address_port} closed"
+            + (f": {exc}" if exc is not None else " by the target")
+        )
+        self._fail_all(error)
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    # ---------------------------------------------------------- plumbing
+
+    def _flush(self) -> None:
+        core = self._core
+        if core is None or self._transport is None:
+            return
+        out = core.data_to_send()
+        if out and not self._transport.is_closing():
+            self._transport.writelines(out)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        assert self._core is not None
+        deadline = self._core.next_deadline()
+        if self._timer is not None:
+            if deadline is not None and self._timer.when() == deadline:
+                return
+            self._timer.cancel()
+            self._timer = None
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        assert self._core is not None
+        for event in self._core.handle_timer(self._loop.time()):
+            self._dispatch(event)
+        self._flush()
+
+    def _abort(self, error: ISCSIError) -> None:
+        """Drop the connection because of ``error``; every waiter gets it."""
+        self._error = error
+        self._fail_all(error)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _fail_all(self, error: ISCSIError) -> None:
+        futures = [self._login, self._logout, *self._waiters.values()]
+        self._waiters.clear()
+        for future in futures:
+            if future is not None and not future.done():
+                future.set_exception(error)
+
+    def _resolve(self, itt: int, value: Any = None, error: BaseException | None = None) -> None:
+        future = self._waiters.pop(itt, None)
+        if future is None or future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+    def _dispatch(self, event: Event) -> None:
+        match event:
+            case CommandCompleted():
+                self._resolve(event.initiator_task_tag, event)
+            case CommandFailed():
+                self._resolve(event.initiator_task_tag, error=event.error)
+            case PingCompleted():
+                self._resolve(event.initiator_task_tag, event.round_trip)
+            case TaskManagementCompleted():
+                self._resolve(event.initiator_task_tag, event.response)
+            case TextExchangeCompleted():
+                self._resolve(event.initiator_task_tag, event.pairs)
+            case LoginCompleted():
+                if not self._login.done():
+                    self._login.set_result(event)
+            case LoginFailed():
+                self._abort(event.error)
+            case LoginRedirected():
+                self._abort(LoginRedirectedError(event.address, event.port, event.permanent))
+            case LogoutCompleted():
+                if self._logout is not None and not self._logout.done():
+                    self._logout.set_result(event)
+                if self._transport is not None:
+                    self._transport.close()
+            case PingTimedOut():
+                self._abort(
+                    ConnectionLostError(
+                        f"no answer from {self.portal.address_port} to a NOP-Out in "
+                        f"{event.waited:.1f} s"
+                    )
+                )
+            case AsyncMessageReceived() if self.on_event is not None:
+                self.on_event(event)
+            case _:
+                if self.on_event is not None:
+                    self.on_event(event)
+
+    def _core_ready(self) -> Connection:
+        if self._error is not None:
+            raise self._error
+        core = self._core
+        if core is None or core.state is not ConnectionState.FULL_FEATURE:
+            state = core.state.value if core is not None else "not connected"
+            raise ConnectionLostError(f"connection to {self.portal.address_port} is {state}")
+        return core
+
+    def _await_tag(self, itt: int) -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._waiters[itt] = future
+        self._flush()
+        return future
+
+    # ---------------------------------------------------------- public API
+
+    @property
+    def core(self) -> Connection:
+        assert self._core is not None
+        return self._core
+
+    @property
+    def login_result(self) -> LoginCompleted:
+        return self._login.result()
+
+    async def wait_logged_in(self) -> LoginCompleted:
+        return await self._login
+
+    async def execute(
+        self,
+        cdb: bytes,
+        *,
+        lun: int = 0,
+        data_out: Buffer | None = None,
+        read_length: int = 0,
+        read_buffer: memoryview | None = None,
+        attribute: TaskAttribute = TaskAttribute.SIMPLE,
+    ) -> CommandResult:
+        """Run one SCSI command; unit attentions for power on/reset are absorbed and retried.
+
+        A CHECK CONDITION with UNIT ATTENTION means the command was not executed, so running
+        it again is safe even for a write (SAM-5 section 5.14).
+        """
+        for _ in range(UNIT_ATTENTION_RETRIES):
+            if not self._writable.is_set():
+                await self._writable.wait()
+            itt = self._core_ready().send_command(
+                cdb,
+                lun=lun_to_field(lun),
+                data_out=data_out,
+                read_length=read_length,
+                read_buffer=read_buffer,
+                attribute=attribute,
+            )
+            event: CommandCompleted = await self._await_tag(itt)
+            sense = parse_sense(event.sense) if event.sense else None
+            result = CommandResult(event.status, sense, event.data, event.residual_count)
+            if not (sense is not None and sense.is_unit_attention and sense.is_power_on_reset):
+                return result
+        return result
+
+    async def ping(self, data: bytes = b"") -> float:
+        """NOP-Out round trip in seconds."""
+        itt = self._core_ready().ping(data, now=self._loop.time())
+        rtt: float = await self._await_tag(itt)
+        return rtt
+
+    async def task_management(
+        self, function: TaskManagementFunction, *, lun: int = 0, referenced_task_tag: int = 0
+    ) -> int:
+        itt = self._core_ready().task_management(
+            function, lun=lun_to_field(lun), referenced_task_tag=referenced_task_tag
+        )
+        response: int = await self._await_tag(itt)
+        return response
+
+    async def text(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        itt = self._core_ready().send_text(pairs)
+        answer: list[tuple[str, str]] = await self._await_tag(itt)
+        return answer
+
+    async def logout(self, timeout: float = DEFAULT_LOGOUT_TIMEOUT) -> LogoutCompleted:
+        """Log out cleanly (RFC 7143 section 11.14); the connection closes after."""
+        core = self._core_ready()
+        self._logout = self._loop.create_future()
+        core.logout(LogoutReason.CLOSE_SESSION)
+        self._flush()
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._logout
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    async def wait_closed(self) -> None:
+        await self._closed
+
+
+async def open_connection(
+    portal: Portal,
+    config: ConnectionConfig,
+    *,
+    login_timeout: float = DEFAULT_LOGIN_TIMEOUT,
+    max_redirects: int = MAX_REDIRECTS,
+) -> IscsiConnection:
+    """Connect and log in, following login redirects (RFC 7143 section 11.13.5)."""
+    loop = asyncio.get_running_loop()
+    for _ in range(max_redirects + 1):
+        conn: IscsiConnection | None = None
+        try:
+            async with asyncio.timeout(login_timeout):
+                _, conn = await loop.create_connection(
+                    lambda at=portal: IscsiConnection(config, at), portal.address, portal.port
+                )
+                await conn.wait_logged_in()
+                return conn
+        except LoginRedirectedError as redirect:
+            portal = replace(portal, address=redirect.address, port=redirect.port)
+        except TimeoutError:
+            raise LoginTimeoutError(
+                f"login to {portal.address_port} did not finish in {login_timeout:g} s"
+            ) from None
+        except OSError as exc:
+            raise ConnectionLostError(f"cannot connect to {portal.address_port}: {exc}") from None
+        finally:
+            if conn is not None and not conn._login.done():
+                conn.close()
+    raise ConnectionLostError(f"more than {max_redirects} login redirects")
+
+
+async def discover(
+    portal: Portal,
+    config: ConnectionConfig,
+    *,
+    login_timeout: float = DEFAULT_LOGIN_TIMEOUT,
+) -> list[DiscoveredTarget]:
+    """SendTargets discovery (RFC 7143 Appendix C): log in, ask, log out."""
+    config = replace(config, target_name=None, noop_out_interval=0)
+    conn = await open_connection(portal, config, login_timeout=login_timeout)
+    try:
+        pairs = await conn.text(send_targets_request("All"))
+    finally:
+        try:
+            await conn.logout()
+        except ISCSIError:
+            conn.close()
+    return parse_send_targets(pairs, portal)
