@@ -40,7 +40,7 @@ from pyiscsid.protocol.events import (
 )
 from pyiscsid.protocol.pdu import Buffer, LogoutReason, TaskAttribute, TaskManagementFunction
 from pyiscsid.protocol.scsi import ScsiCommandError, ScsiStatus, lun_to_field
-from pyiscsid.protocol.sense import Sense, parse_sense
+from pyiscsid.protocol.sense import Sense, SenseFormatError, parse_sense
 
 DEFAULT_LOGIN_TIMEOUT = 15.0  # open-iscsi's node.conn[0].timeo.login_timeout
 DEFAULT_LOGOUT_TIMEOUT = 15.0
@@ -80,6 +80,20 @@ class CommandResult:
         if self.status != ScsiStatus.GOOD:
             raise ScsiCommandError(self.status, self.sense)
         return self
+
+
+def _sense_or_none(raw: bytes) -> Sense | None:
+    """Sense data, or None when there is none or it cannot be decoded.
+
+    Bad sense bytes spoil one command's diagnosis, not the connection: the status still
+    says the command failed.
+    """
+    if not raw:
+        return None
+    try:
+        return parse_sense(raw)
+    except SenseFormatError:
+        return None
 
 
 class IscsiConnection(asyncio.Protocol):
@@ -288,7 +302,7 @@ class IscsiConnection(asyncio.Protocol):
                 attribute=attribute,
             )
             event: CommandCompleted = await self._await_tag(itt)
-            sense = parse_sense(event.sense) if event.sense else None
+            sense = _sense_or_none(event.sense)
             result = CommandResult(event.status, sense, event.data, event.residual_count)
             if not (sense is not None and sense.is_unit_attention and sense.is_power_on_reset):
                 return result
