@@ -8,7 +8,7 @@ VPY         := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
 # Debian packages: the real peers of the tests (tgt, libiscsi, libnbd, qemu-img), what systemd-python
 # builds with, and the Python tool chain itself.
-APT_PACKAGES := tgt libiscsi-bin libnbd-bin qemu-utils libsystemd-dev pkg-config gcc iproute2 \
+APT_PACKAGES := tgt libiscsi-bin libnbd-bin qemu-utils qemu-block-extra libsystemd-dev pkg-config gcc iproute2 \
                 python3 python3-venv python3-dev
 
 .PHONY: all test lint typecheck unit integration run bench system-deps venv clean
