@@ -162,6 +162,7 @@ class Connection:
         self._waiting: deque[ScsiTask] = deque()  # commands held until the window opens
         self._pings: dict[int, float] = {}  # our NOP-Out ITT -> time sent
         self._task_management: dict[int, TaskManagementRequest] = {}
+        self._aborted_unsent: set[int] = set()  # tasks aborted before they went out
         self._text: _TextExchange | None = None
         self._logout_itt: int | None = None
         self._last_received = now
@@ -335,6 +336,7 @@ class Connection:
             if task.cmd_sn is None:  # never sent: abort it here, the target never saw it
                 self._waiting.remove(task)
                 del self._tasks[referenced_task_tag]
+                self._aborted_unsent.add(referenced_task_tag)
                 ref_cmd_sn = self.cmd_sn
             else:
                 ref_cmd_sn = task.cmd_sn
@@ -353,7 +355,11 @@ class Connection:
         return itt
 
     def send_text(self, pairs: Sequence[tuple[str, str]]) -> int:
-        """Start a Text Request exchange (RFC 7143 section 11.10), e.g. SendTargets=All."""
+        """Start a Text Request exchange (RFC 7143 section 11.10), e.g. SendTargets=All.
+
+        Text Requests go out for immediate delivery (as libiscsi sends them): they take no
+        CmdSN, so they never wait for, nor overrun, a closed CmdSN window (4.2.2.1).
+        """
         self._require(ConnectionState.FULL_FEATURE, "send a Text Request")
         if self._text is not None:
             raise InitiatorProtocolError("a text exchange is already in progress")
@@ -365,6 +371,7 @@ class Connection:
             last = i == len(chunks) - 1
             self._send(
                 TextRequest(
+                    immediate=True,
                     final=last,
                     continue_=not last,
                     initiator_task_tag=itt,
@@ -373,7 +380,6 @@ class Connection:
                     data=chunk,
                 )
             )
-            self.cmd_sn = sn_add(self.cmd_sn, 1)
         return itt
 
     def logout(self, reason: LogoutReason = LogoutReason.CLOSE_SESSION) -> int:
@@ -440,7 +446,8 @@ class Connection:
         self._reader.feed(data)
         events: list[Event] = []
         try:
-            while (pdu := self._reader.next_pdu()) is not None:
+            # Stop at the end of the login or the logout: what follows is not ours to judge.
+            while not self._ended and (pdu := self._reader.next_pdu()) is not None:
                 self._handle(pdu, now, events)
         except TargetProtocolError:
             self._move(_Input.FAILURE)
@@ -449,6 +456,11 @@ class Connection:
         if self._waiting and self.state is ConnectionState.FULL_FEATURE:
             self._issue_waiting()
         return events
+
+    @property
+    def _ended(self) -> bool:
+        """Logged out, redirected or rejected: nothing more is received."""
+        return self.state is ConnectionState.LOGGED_OUT
 
     def _handle(self, pdu: Pdu, now: float, events: list[Event]) -> None:
         if self.state is ConnectionState.LOGGING_IN:
@@ -651,6 +663,11 @@ class Connection:
                 f"Task Management Response for unknown tag 0x{pdu.initiator_task_tag:08x}"
             )
         function = request.function
+        if request.referenced_task_tag in self._aborted_unsent:
+            # Never sent, so the target's answer does not matter: the task is over.
+            self._aborted_unsent.discard(request.referenced_task_tag)
+            aborted = TaskAborted(f"aborted by {function.name}")
+            events.append(CommandFailed(request.referenced_task_tag, aborted))
         done = pdu.response in (
             TaskManagementResponse.FUNCTION_COMPLETE,
             TaskManagementResponse.TASK_DOES_NOT_EXIST,
@@ -699,13 +716,13 @@ class Connection:
         # More to come: ask for it with an empty Text Request carrying the TTT (11.10.4).
         self._send(
             TextRequest(
+                immediate=True,
                 initiator_task_tag=exchange.initiator_task_tag,
                 target_transfer_tag=pdu.target_transfer_tag,
                 cmd_sn=self.cmd_sn,
                 exp_stat_sn=self.exp_stat_sn,
             )
         )
-        self.cmd_sn = sn_add(self.cmd_sn, 1)
 
     def _handle_async_message(self, pdu: AsyncMessage, events: list[Event]) -> None:
         sense = b""
@@ -718,7 +735,7 @@ class Connection:
             for task in self._tasks.values():
                 if task.lun == pdu.lun:
                     task.data_out_stopped = True
-            self._send(NopOut(cmd_sn=self.cmd_sn, exp_stat_sn=self.exp_stat_sn))
+            self._send(NopOut(lun=pdu.lun, cmd_sn=self.cmd_sn, exp_stat_sn=self.exp_stat_sn))
         events.append(
             AsyncMessageReceived(
                 async_event=pdu.async_event,

@@ -90,7 +90,8 @@ class PduReader:
                 self._check_header(buf, header_end, data_length)
             return None
         self._check_header(buf, header_end, data_length)
-        whole = bytes(buf[:total])  # the one copy out of the receive buffer
+        with memoryview(buf) as pending:  # buf[:total] would copy once more before bytes()
+            whole = bytes(pending[:total])  # the one copy out of the receive buffer
         del buf[:total]
         view = memoryview(whole)
         data = view[data_start:data_end]

@@ -22,6 +22,7 @@ from .errors import (
     login_error_for,
 )
 from .events import Event, LoginCompleted, LoginFailed, LoginRedirected
+from .keys import parse_number
 from .negotiation import Negotiator, SessionParameters
 from .pdu import LoginRequest, LoginResponse, LoginStage
 from .text import TextAssembler, decode_text, encode_text
@@ -77,7 +78,7 @@ class Login:
         self.cmd_sn = cmd_sn
         self.exp_stat_sn = 0
         self.state = LoginState.SECURITY if config.chap is not None else LoginState.OPERATIONAL
-        self._negotiator = Negotiator(config.proposals())
+        self._negotiator = Negotiator(config.proposals(), session_type=config.session_type)
         self._chap = (
             ChapInitiator(config.chap, config.chap_algorithms, rng=rng)
             if config.chap is not None
@@ -182,7 +183,9 @@ class Login:
                 )
             return None, self._completed(pdu)
         if self.state is LoginState.SECURITY:
-            transit = self._auth_step is _AuthStep.AUTHENTICATED
+            # The CHAP response goes with T=1, as open-iscsi sends it: a target that accepts
+            # it moves to the operational stage at once instead of costing a round trip.
+            transit = self._auth_step in (_AuthStep.CHAP_RESPONSE_SENT, _AuthStep.AUTHENTICATED)
             stage = LoginStage.LOGIN_OPERATIONAL_NEGOTIATION
             return self._request(reply, transit=transit, next_stage=stage), None
         return self._operational_request(reply), None
@@ -226,8 +229,8 @@ class Login:
         for key, value in pairs:
             if key == "TargetPortalGroupTag":
                 try:
-                    self._target_portal_group_tag = int(value, 0)
-                except ValueError:
+                    self._target_portal_group_tag = parse_number(value, key)
+                except NegotiationError:
                     raise TargetProtocolError(
                         f"TargetPortalGroupTag={value!r} is not a number"
                     ) from None
@@ -247,9 +250,8 @@ class Login:
         return LoginFailed(error)
 
     def _completed(self, pdu: LoginResponse) -> LoginCompleted:
-        if not self._negotiator.complete and self._operational_offered:
-            pending = ", ".join(sorted(self._negotiator.pending()))
-            raise NegotiationError(f"target ended the login without answering {pending}")
+        # A key the target left unanswered keeps its RFC default (the negotiator checks that
+        # the default is acceptable to us), as open-iscsi does.
         if self.config.tsih == 0 and pdu.tsih == 0 and self.config.target_name is not None:
             raise TargetProtocolError("final Login Response of a new session has TSIH 0")
         params: SessionParameters = self._negotiator.parameters()
