@@ -6,6 +6,7 @@ PYTHON      ?= python3
 VENV        := .venv
 VPY         := $(VENV)/bin/python
 STAMP       := $(VENV)/.installed
+SOURCES     := $(wildcard protocol daemon client tests bench)
 # Debian packages: the real peers of the tests (tgt, libiscsi, libnbd, qemu-img), what systemd-python
 # builds with, and the Python tool chain itself.
 APT_PACKAGES := tgt libiscsi-bin libnbd-bin qemu-utils qemu-block-extra libsystemd-dev pkg-config gcc iproute2 \
@@ -36,8 +37,8 @@ $(STAMP): pyproject.toml | system-deps
 venv: system-deps $(STAMP)
 
 lint: venv
-	$(VENV)/bin/ruff check protocol daemon client tests bench
-	$(VENV)/bin/ruff format --check protocol daemon client tests bench
+	$(VENV)/bin/ruff check $(SOURCES)
+	$(VENV)/bin/ruff format --check $(SOURCES)
 
 typecheck: venv
 	$(VENV)/bin/mypy protocol
