@@ -130,12 +130,19 @@ _REJECT_TEXT = {
 }
 
 
-class _TextExchange:
-    __slots__ = ("assembler", "initiator_task_tag")
+# A SendTargets answer of a large target lists many portals; bound it all the same.
+MAX_TEXT_RESPONSE = 1 << 20
 
-    def __init__(self, initiator_task_tag: int) -> None:
+
+class _TextExchange:
+    """One Text Request/Response exchange, with continuation both ways (RFC 7143 11.10)."""
+
+    __slots__ = ("assembler", "initiator_task_tag", "unsent")
+
+    def __init__(self, initiator_task_tag: int, chunks: list[bytes]) -> None:
         self.initiator_task_tag = initiator_task_tag
-        self.assembler = TextAssembler()
+        self.assembler = TextAssembler(max_size=MAX_TEXT_RESPONSE)
+        self.unsent = deque(chunks)
 
 
 class Connection:
@@ -365,22 +372,26 @@ class Connection:
             raise InitiatorProtocolError("a text exchange is already in progress")
         assert self.parameters is not None
         itt = self._allocate_itt()
-        self._text = _TextExchange(itt)
         chunks = split_text(encode_text(pairs), self.parameters.target_max_recv_data_segment_length)
-        for i, chunk in enumerate(chunks):
-            last = i == len(chunks) - 1
-            self._send(
-                TextRequest(
-                    immediate=True,
-                    final=last,
-                    continue_=not last,
-                    initiator_task_tag=itt,
-                    cmd_sn=self.cmd_sn,
-                    exp_stat_sn=self.exp_stat_sn,
-                    data=chunk,
-                )
-            )
+        self._text = _TextExchange(itt, chunks)
+        self._send_text_part(self._text, RESERVED_TAG)
         return itt
+
+    def _send_text_part(self, exchange: _TextExchange, target_transfer_tag: int) -> None:
+        """The next part of our text; with C set the target answers empty before the next."""
+        chunk = exchange.unsent.popleft() if exchange.unsent else b""
+        self._send(
+            TextRequest(
+                immediate=True,
+                final=not exchange.unsent,
+                continue_=bool(exchange.unsent),
+                initiator_task_tag=exchange.initiator_task_tag,
+                target_transfer_tag=target_transfer_tag,
+                cmd_sn=self.cmd_sn,
+                exp_stat_sn=self.exp_stat_sn,
+                data=chunk,
+            )
+        )
 
     def logout(self, reason: LogoutReason = LogoutReason.CLOSE_SESSION) -> int:
         """Send a Logout Request (RFC 7143 section 11.14). Nothing may be sent after it."""
@@ -708,21 +719,21 @@ class Connection:
             raise TargetProtocolError(
                 f"Text Response for unknown tag 0x{pdu.initiator_task_tag:08x}"
             )
+        if pdu.final and pdu.continue_:
+            raise TargetProtocolError("Text Response has both the F and the C bit set (11.11.2)")
+        if exchange.unsent:
+            # Our text is not all sent: the target acknowledges each part empty (11.10.2).
+            if len(pdu.data) or pdu.final:
+                raise TargetProtocolError("target answered before our continued text ended")
+            self._send_text_part(exchange, pdu.target_transfer_tag)
+            return
         pairs = exchange.assembler.add(pdu.data, more=pdu.continue_ or not pdu.final)
-        if pdu.final and not pdu.continue_:
+        if pdu.final:
             self._text = None
             events.append(TextExchangeCompleted(exchange.initiator_task_tag, pairs or []))
             return
         # More to come: ask for it with an empty Text Request carrying the TTT (11.10.4).
-        self._send(
-            TextRequest(
-                immediate=True,
-                initiator_task_tag=exchange.initiator_task_tag,
-                target_transfer_tag=pdu.target_transfer_tag,
-                cmd_sn=self.cmd_sn,
-                exp_stat_sn=self.exp_stat_sn,
-            )
-        )
+        self._send_text_part(exchange, pdu.target_transfer_tag)
 
     def _handle_async_message(self, pdu: AsyncMessage, events: list[Event]) -> None:
         sense = b""

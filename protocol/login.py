@@ -166,6 +166,8 @@ class Login:
                 f"Login Response is for stage {pdu.current_stage.name}, we are in "
                 f"{self.state.value}"
             )
+        if pdu.transit and pdu.continue_:
+            raise TargetProtocolError("Login Response has both the T and the C bit set (11.13.2)")
         pairs = self._assembler.add(pdu.data, more=pdu.continue_)
         if pairs is None:  # more text follows: ask for it with an empty request (11.13.3)
             return self._request([], transit=False, next_stage=_STAGE_OF[self.state]), None

@@ -49,6 +49,11 @@ class ScsiTask:
                 f"Data-In DataSN {pdu.data_sn} for task 0x{self.initiator_task_tag:08x}, "
                 f"expected {self.next_data_sn} (DataPDUInOrder)"
             )
+        if pdu.buffer_offset != self.data_in_received:
+            raise TargetProtocolError(
+                f"Data-In at offset {pdu.buffer_offset} for task 0x{self.initiator_task_tag:08x}"
+                f", expected {self.data_in_received} (DataSequenceInOrder)"
+            )
         length = len(pdu.data)
         end = pdu.buffer_offset + length
         if end > len(buffer):

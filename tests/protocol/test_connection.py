@@ -1057,3 +1057,52 @@ def test_any_target_input_gives_events_or_a_target_protocol_error(
             return
         now += 1.0
         conn.handle_timer(now)
+
+
+def test_a_long_text_request_waits_for_the_target_between_parts() -> None:
+    """RFC 7143 section 11.10.2: with C set, the target answers each part with an empty
+    Text Response before the initiator sends the next."""
+    conn, target = discovery_session()
+    assert conn.parameters is not None
+    segment = conn.parameters.target_max_recv_data_segment_length
+    value = "x" * (2 * segment + 100)  # three PDUs' worth
+    itt = conn.send_text([("X-pyiscsid-long", value)])
+    first = target.receive_one(TextRequest)
+    assert (first.continue_, first.final, len(first.data)) == (True, False, segment)
+    assert target.receive() == []  # nothing more until the target answers
+    parts = [bytes(first.data)]
+    for ttt in (0x51, 0x52):
+        target.send(
+            target.make(TextResponse, initiator_task_tag=itt, final=False, target_transfer_tag=ttt)
+        )
+        part = target.receive_one(TextRequest)
+        assert part.target_transfer_tag == ttt
+        parts.append(bytes(part.data))
+    assert part.final and not part.continue_
+    assert b"".join(parts) == encode_text([("X-pyiscsid-long", value)])
+    reply = target.make(
+        TextResponse, initiator_task_tag=itt, data=b"X-pyiscsid-long=NotUnderstood\0"
+    )
+    (event,) = target.send(reply)
+    assert event == TextExchangeCompleted(itt, [("X-pyiscsid-long", "NotUnderstood")])
+
+
+def test_text_response_with_final_and_continue_is_a_protocol_error() -> None:
+    conn, target = discovery_session()
+    itt = conn.send_text([("SendTargets", "All")])
+    target.receive()
+    bad = target.make(TextResponse, initiator_task_tag=itt, final=True, continue_=True)
+    with pytest.raises(TargetProtocolError, match="F and the C bit"):
+        target.send(bad)
+    assert conn.state is ConnectionState.FAILED
+
+
+def test_data_in_that_skips_an_offset_is_a_protocol_error() -> None:
+    """With DataSequenceInOrder and DataPDUInOrder, Data-In offsets follow each other."""
+    conn, target = logged_in()
+    itt = conn.send_command(READ_10, read_length=1024)
+    target.receive()
+    target.send(target.data_in(itt, bytes(256)))
+    with pytest.raises(TargetProtocolError, match="offset 512"):
+        target.send(target.data_in(itt, bytes(512), offset=512, data_sn=1))
+    assert conn.state is ConnectionState.FAILED

@@ -457,3 +457,11 @@ def test_chap_algorithm_not_offered_fails() -> None:
     assert isinstance(event, LoginFailed)
     assert isinstance(event.error, AuthenticationError)
     assert conn.state is ConnectionState.LOGGED_OUT
+
+
+def test_login_response_with_transit_and_continue_is_a_protocol_error() -> None:
+    conn, target, request = start()
+    bad = target.login_response(request, transit=True, continue_=True)
+    with pytest.raises(TargetProtocolError, match="T and the C bit"):
+        target.send(bad)
+    assert conn.state is ConnectionState.FAILED
