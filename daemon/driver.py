@@ -269,8 +269,17 @@ class IscsiConnection(asyncio.Protocol):
         return self._core
 
     @property
-    def login_result(self) -> LoginCompleted:
-        return self._login.result()
+    def login_result(self) -> LoginCompleted | None:
+        """The login's outcome once it succeeded; None before, or if it failed."""
+        future = self._login
+        if future.done() and not future.cancelled() and future.exception() is None:
+            return future.result()
+        return None
+
+    @property
+    def alive(self) -> bool:
+        """Logged in, and the connection has not failed."""
+        return self._core is not None and self._core.state is ConnectionState.FULL_FEATURE
 
     async def wait_logged_in(self) -> LoginCompleted:
         return await self._login
@@ -375,7 +384,7 @@ async def open_connection(
         except OSError as exc:
             raise ConnectionLostError(f"cannot connect to {portal.address_port}: {exc}") from None
         finally:
-            if conn is not None and not conn._login.done():
+            if conn is not None and conn.login_result is None:
                 conn.close()
     raise ConnectionLostError(f"more than {max_redirects} login redirects")
 

@@ -17,6 +17,7 @@ from pyiscsid.protocol.discovery import Portal, parse_portal
 from pyiscsid.protocol.errors import AuthenticationError, AuthenticationFailed, NegotiationError
 from pyiscsid.protocol.events import Event, TargetPinged
 from pyiscsid.protocol.framing import PduReader
+from pyiscsid.protocol.negotiation import SessionParameters
 from pyiscsid.protocol.pdu import Buffer, ScsiCommand
 from pyiscsid.protocol.serial import sn_le
 
@@ -40,6 +41,12 @@ def portal_of(tgt: TgtDisk) -> Portal:
 
 async def login(tgt: TgtDisk, **changes: object) -> IscsiConnection:
     return await open_connection(portal_of(tgt), config_for(tgt, **changes))
+
+
+def logged_in_parameters(conn: IscsiConnection) -> SessionParameters:
+    result = conn.login_result
+    assert result is not None
+    return result.parameters
 
 
 async def write(conn: IscsiConnection, lba: int, data: bytes) -> None:
@@ -196,7 +203,7 @@ async def test_four_mib_written_and_read_back(tgt: TgtDisk, target_params: dict[
     for name, value in target_params.items():
         tgt.target.set_target_param(tgt.tid, name, value)
     conn = await login(tgt)
-    params = conn.login_result.parameters
+    params = logged_in_parameters(conn)
     for name, value in target_params.items():
         agreed = {"InitialR2T": params.initial_r2t, "ImmediateData": params.immediate_data}
         assert agreed[name] is (value == "Yes")
@@ -215,7 +222,7 @@ async def test_crc32c_digests_when_the_target_requires_them(tgt: TgtDisk) -> Non
     tgt.target.set_target_param(tgt.tid, "HeaderDigest", "CRC32C")
     tgt.target.set_target_param(tgt.tid, "DataDigest", "CRC32C")
     conn = await login(tgt, operational={"HeaderDigest": "CRC32C,None", "DataDigest": "CRC32C"})
-    params = conn.login_result.parameters
+    params = logged_in_parameters(conn)
     assert params.header_digest and params.data_digest
     data = os.urandom(1 << 20)
     await write(conn, 2048, data)
