@@ -1,0 +1,124 @@
+"""The daemon's config file: iscsid.conf syntax and keys, checked line by line.
+
+Admins copy lines from iscsid.conf, so the syntax is the same: ``key = value``, ``#``
+comments, blank lines. Anything the daemon cannot use stops it with the file, the line and
+the key, because a setting that is silently ignored (a mistyped password key) is worse than
+a daemon that refuses to start. A secret value never appears in an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import ClassVar
+
+from pyiscsid.protocol.errors import ISCSIError
+
+from . import settings
+from .settings import InvalidSetting, Scope
+
+__all__ = ["DEFAULT_CONFIG_PATH", "ConfigError", "DaemonConfig", "load_config"]
+
+DEFAULT_CONFIG_PATH = Path("/etc/pyiscsid/pyiscsid.conf")
+
+
+class ConfigError(ISCSIError):
+    """A config (or initiator name) file the daemon cannot use.
+
+    The message starts with ``FILE:LINE:`` (or ``FILE:`` when no line is to blame), as
+    compilers do, so editors jump to it.
+    """
+
+    control_code: ClassVar[str] = "invalid"
+    control_exit: ClassVar[int] = 7
+
+    def __init__(
+        self, path: Path, message: str, *, line: int | None = None, key: str | None = None
+    ) -> None:
+        self.path = path
+        self.line = line
+        self.key = key
+        where = f"{path}:{line}" if line is not None else str(path)
+        super().__init__(f"{where}: {message}")
+
+
+def _frozen(values: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(values))
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    """What the config file says, with the table's defaults filled in.
+
+    ``node_defaults`` holds every node setting: the values new node records start from.
+    ``discovery`` holds every ``discovery.sendtargets.*`` setting. ``control_group`` is the
+    group allowed to change things besides root (None: root only).
+    """
+
+    path: Path = DEFAULT_CONFIG_PATH
+    node_defaults: Mapping[str, str] = field(
+        default_factory=lambda: _frozen(settings.defaults(Scope.NODE))
+    )
+    discovery: Mapping[str, str] = field(
+        default_factory=lambda: _frozen(settings.defaults(Scope.DISCOVERY))
+    )
+    control_group: str | None = None
+    log_level: str = settings.SETTINGS["log.level"].default
+    shutdown_timeout: float = float(settings.SETTINGS["daemon.shutdown_timeout"].default)
+
+
+def load_config(path: Path = DEFAULT_CONFIG_PATH) -> DaemonConfig:
+    """Read ``path``; a missing file means every default (a fresh install has none)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return DaemonConfig(path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, f"not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read it: {exc.strerror or exc}") from None
+    values = _parse(path, text)
+    by_scope: dict[Scope, dict[str, str]] = {scope: settings.defaults(scope) for scope in Scope}
+    for key, value in values.items():
+        by_scope[settings.SETTINGS[key].scope][key] = value
+    daemon = by_scope[Scope.DAEMON]
+    return DaemonConfig(
+        path,
+        _frozen(by_scope[Scope.NODE]),
+        _frozen(by_scope[Scope.DISCOVERY]),
+        control_group=daemon["control.group"] or None,
+        log_level=daemon["log.level"],
+        shutdown_timeout=float(daemon["daemon.shutdown_timeout"]),
+    )
+
+
+def _parse(path: Path, text: str) -> dict[str, str]:
+    """The file's settings, validated and canonical; the first bad line raises."""
+    values: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, equals, value = line.partition("=")
+        key, value = key.strip(), value.strip()
+        if not equals:
+            # The line itself is not shown: it may be a password without its key.
+            raise ConfigError(path, "expected 'key = value', found no '='", line=number)
+        if not key:
+            raise ConfigError(path, "expected 'key = value', found no key", line=number)
+        if key in seen:
+            raise ConfigError(
+                path, f"{key} is already set on line {seen[key]}", line=number, key=key
+            )
+        try:
+            values[key] = settings.validate(key, value)
+        except InvalidSetting as exc:
+            reason = str(exc)
+            if key in settings.OPEN_ISCSI_UNUSED:
+                reason += ": remove the line"
+            raise ConfigError(path, reason, line=number, key=key) from None
+        seen[key] = number
+    return values

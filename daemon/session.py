@@ -1,0 +1,190 @@
+"""One session the daemon holds: its login, what it knows of the target's LUNs, its logout.
+
+Recovery (reconnect, relogin with the same ISID, held I/O) builds on this in a later step;
+for now a lost connection leaves the session FAILED and the supervisor reports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pyiscsid.protocol import scsi
+from pyiscsid.protocol.config import ConnectionConfig
+from pyiscsid.protocol.discovery import Portal
+from pyiscsid.protocol.errors import ISCSIError
+from pyiscsid.protocol.login import random_isid
+
+from .driver import IscsiConnection, open_connection
+
+# RFC 7143 names of the negotiated parameters that `-m session -P 2` shows.
+_SHOWN_PARAMETERS = (
+    ("HeaderDigest", lambda p: "CRC32C" if p.header_digest else "None"),
+    ("DataDigest", lambda p: "CRC32C" if p.data_digest else "None"),
+    ("MaxRecvDataSegmentLength", lambda p: p.initiator_max_recv_data_segment_length),
+    ("MaxXmitDataSegmentLength", lambda p: p.target_max_recv_data_segment_length),
+    ("FirstBurstLength", lambda p: p.first_burst_length),
+    ("MaxBurstLength", lambda p: p.max_burst_length),
+    ("ImmediateData", lambda p: "Yes" if p.immediate_data else "No"),
+    ("InitialR2T", lambda p: "Yes" if p.initial_r2t else "No"),
+    ("MaxOutstandingR2T", lambda p: p.max_outstanding_r2t),
+    ("DefaultTime2Wait", lambda p: p.default_time2wait),
+    ("DefaultTime2Retain", lambda p: p.default_time2retain),
+    ("ErrorRecoveryLevel", lambda p: p.error_recovery_level),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class LunInfo:
+    """What `-m session -P 3` shows of one logical unit."""
+
+    lun: int
+    size: int
+    block_size: int
+    vendor: str
+    product: str
+    revision: str
+    device_type: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lun": self.lun,
+            "size": self.size,
+            "block_size": self.block_size,
+            "vendor": self.vendor,
+            "product": self.product,
+            "revision": self.revision,
+            "device_type": self.device_type,
+        }
+
+
+class Session:
+    """A logged-in session to one node (target + portal), identified by the daemon's SID."""
+
+    def __init__(
+        self,
+        sid: int,
+        target: str,
+        portal: Portal,
+        config: ConnectionConfig,
+        *,
+        login_timeout: float,
+        logout_timeout: float,
+        chap_username: str | None = None,
+        timeouts: dict[str, Any] | None = None,
+    ) -> None:
+        self.sid = sid
+        self.target = target
+        self.portal = portal
+        self.config = config
+        self.login_timeout = login_timeout
+        self.logout_timeout = logout_timeout
+        self.chap_username = chap_username
+        self.timeouts = timeouts or {}
+        self.connection: IscsiConnection | None = None
+        self.luns: list[LunInfo] = []
+        self.state = "FREE"
+        self.logged_in_at: float | None = None
+
+    @staticmethod
+    def new_isid() -> int:
+        return random_isid(os.urandom)
+
+    async def login(self) -> None:
+        """Connect, log in and learn the LUNs (REPORT LUNS, INQUIRY, READ CAPACITY)."""
+        self.state = "LOGGING IN"
+        try:
+            self.connection = await open_connection(
+                self.portal, self.config, login_timeout=self.login_timeout
+            )
+        except BaseException:
+            self.state = "FAILED"
+            raise
+        self.state = "LOGGED IN"
+        self.logged_in_at = time.time()
+        try:
+            async with asyncio.timeout(self.login_timeout):
+                self.luns = await self._scan_luns()
+        except (ISCSIError, TimeoutError):
+            self.luns = []  # the session is usable; `-P 3` will show no LUNs
+
+    async def _scan_luns(self) -> list[LunInfo]:
+        conn = self.connection
+        assert conn is not None
+        report = await conn.execute(scsi.report_luns(), lun=0, read_length=4096)
+        numbers = scsi.parse_report_luns(report.check().data) if report.status == 0 else [0]
+        luns = []
+        for number in numbers:
+            inquiry = scsi.parse_standard_inquiry(
+                (await conn.execute(scsi.inquiry(), lun=number, read_length=255)).check().data
+            )
+            if inquiry.peripheral_qualifier != 0:
+                continue
+            size = block = 0
+            if inquiry.device_type == 0:  # direct-access block device
+                capacity = await conn.execute(scsi.read_capacity16(), lun=number, read_length=32)
+                if capacity.status == 0:
+                    parsed = scsi.parse_read_capacity16(capacity.data)
+                    size, block = parsed.size_bytes, parsed.block_size
+            luns.append(
+                LunInfo(
+                    number,
+                    size,
+                    block,
+                    inquiry.vendor,
+                    inquiry.product,
+                    inquiry.revision,
+                    inquiry.device_type,
+                )
+            )
+        return luns
+
+    async def logout(self) -> None:
+        conn = self.connection
+        if conn is None:
+            return
+        self.state = "LOGGING OUT"
+        try:
+            await conn.logout(timeout=self.logout_timeout)
+        finally:
+            conn.close()
+            self.state = "LOGGED OUT"
+
+    @property
+    def alive(self) -> bool:
+        return self.connection is not None and self.connection.alive
+
+    def summary(self) -> dict[str, Any]:
+        tpgt = self.portal.tpgt
+        login = self.connection.login_result if self.connection is not None else None
+        if login is not None and login.target_portal_group_tag is not None:
+            tpgt = login.target_portal_group_tag
+        state = self.state if self.state != "LOGGED IN" or self.alive else "FAILED"
+        return {
+            "sid": self.sid,
+            "target": self.target,
+            "portal": self.portal.address_port,
+            "tpgt": tpgt if tpgt is not None else 1,
+            "iface": "default",
+            "state": state,
+        }
+
+    def details(self) -> dict[str, Any]:
+        info = self.summary()
+        parameters: dict[str, Any] = {}
+        login = self.connection.login_result if self.connection is not None else None
+        if login is not None:
+            parameters = {name: get(login.parameters) for name, get in _SHOWN_PARAMETERS}
+        info.update(
+            connection_state=info["state"],
+            parameters=parameters,
+            chap_username=self.chap_username,
+            timeouts=self.timeouts,
+            isid=f"{self.config.isid:012x}",
+            initiator_name=self.config.initiator_name,
+            luns=[lun.as_dict() for lun in self.luns],
+        )
+        return info

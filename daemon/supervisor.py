@@ -1,0 +1,354 @@
+"""Every session the daemon holds, and the control operations that act on them.
+
+The supervisor is the control server's handler: it turns a validated, authorized request
+into node database changes, discoveries, logins and logouts, and answers with the result
+objects that the README's control API documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import structlog
+from pyiscsid.protocol.discovery import Portal, parse_portal
+from pyiscsid.protocol.errors import ISCSIError
+
+from . import settings
+from .config import DaemonConfig
+from .control import InvalidRequest, NoRecords, Peer, SessionExists, SessionNotFound, error_for
+from .driver import discover
+from .nodedb import NodeDB, NodeRecord
+from .session import Session
+
+VERSION = "0.1.0"
+
+# What `-m session -P 2` shows under "Timeouts:", and the node settings they come from.
+_TIMEOUTS = (
+    ("replacement_timeout", "node.session.timeo.replacement_timeout"),
+    ("noop_out_interval", "node.conn[0].timeo.noop_out_interval"),
+    ("noop_out_timeout", "node.conn[0].timeo.noop_out_timeout"),
+    ("login_timeout", "node.conn[0].timeo.login_timeout"),
+    ("abort_timeout", "node.session.err_timeo.abort_timeout"),
+    ("lu_reset_timeout", "node.session.err_timeo.lu_reset_timeout"),
+    ("tgt_reset_timeout", "node.session.err_timeo.tgt_reset_timeout"),
+)
+
+
+def _error_dict(exc: BaseException) -> dict[str, Any]:
+    error = error_for(exc)
+    return {"code": error.code, "exit": error.exit, "message": str(error)}
+
+
+def _portal_text(record: NodeRecord) -> str:
+    return record.portal
+
+
+class Supervisor:
+    """Owns the sessions; answers control requests; logs in at start, out at shutdown."""
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        nodedb: NodeDB,
+        initiator_name: str,
+        *,
+        logger: Any = None,
+    ) -> None:
+        self.config = config
+        self.nodedb = nodedb
+        self.initiator_name = initiator_name
+        self.log = logger or structlog.get_logger("pyiscsid.supervisor")
+        self.sessions: dict[int, Session] = {}
+        self._next_sid = 1
+        self._busy: set[tuple[str, str]] = set()  # nodes with a login or logout under way
+        self._started = time.monotonic()
+        self._operations: dict[str, Callable[[dict[str, Any], Peer], Any]] = {
+            "status": self._status,
+            "discovery.sendtargets": self._discover,
+            "discovery.list": self._discovery_list,
+            "node.list": self._node_list,
+            "node.show": self._node_show,
+            "node.new": self._node_new,
+            "node.update": self._node_update,
+            "node.delete": self._node_delete,
+            "node.login": self._node_login,
+            "node.logout": self._node_logout,
+            "session.list": self._session_list,
+            "session.show": self._session_show,
+            "session.logout": self._session_logout,
+        }
+
+    async def handle(self, op: str, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """The control server's handler: one validated, authorized request."""
+        operation = self._operations.get(op)
+        if operation is None:
+            raise InvalidRequest(f"unknown operation {op!r}")
+        result: dict[str, Any] = await operation(args, peer)
+        return result
+
+    # ------------------------------------------------------------- records
+
+    def _records(self, args: dict[str, Any]) -> list[NodeRecord]:
+        return self.nodedb.nodes(
+            target=args.get("target"), portal=args.get("portal"), must_match=True
+        )
+
+    @staticmethod
+    def _node_summary(record: NodeRecord) -> dict[str, Any]:
+        return {
+            "target": record.target,
+            "portal": _portal_text(record),
+            "tpgt": record.tpgt,
+            "iface": record.iface,
+        }
+
+    async def _status(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {
+            "initiator_name": self.initiator_name,
+            "version": VERSION,
+            "sessions": len(self.sessions),
+            "uptime": round(time.monotonic() - self._started, 3),
+            "problems": [{"path": str(p.path), "message": p.message} for p in self.nodedb.problems],
+        }
+
+    async def _discover(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        portal = parse_portal(args["portal"])
+        discovery = {**self.config.discovery}
+        config = settings.discovery_connection_config(
+            discovery, initiator_name=self.initiator_name, isid=Session.new_isid()
+        )
+        timeout = float(settings.get(discovery, "discovery.sendtargets.timeo.login_timeout"))
+        self.log.info("discovery", portal=portal.address_port, ISCSI_EVENT="discovery")
+        targets = await discover(portal, config, login_timeout=timeout)
+        entries = [
+            (target.name, p.address, p.port, p.tpgt if p.tpgt is not None else 1)
+            for target in targets
+            for p in target.portals
+        ]
+        records = self.nodedb.add_discovered(portal.address, portal.port, entries)
+        result: dict[str, Any] = {
+            "targets": [
+                {"name": name, "portal": Portal(address, port).address_port, "tpgt": tpgt}
+                for name, address, port, tpgt in entries
+            ]
+        }
+        if args.get("login"):
+            result["logins"] = await self._login_all(records)
+        return result
+
+    async def _discovery_list(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {
+            "records": [
+                {"portal": Portal(r.address, r.port).address_port, "type": r.type}
+                for r in self.nodedb.discovery_records()
+            ]
+        }
+
+    async def _node_list(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"nodes": [self._node_summary(r) for r in self.nodedb.nodes()]}
+
+    async def _node_show(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        reveal = bool(args.get("secrets")) and peer.uid == 0
+        nodes = []
+        for record in self._records(args):
+            values = dict(record.settings) if reveal else settings.mask(record.settings)
+            nodes.append({**self._node_summary(record), "settings": values})
+        return {"nodes": nodes}
+
+    async def _node_new(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        portal = parse_portal(args["portal"])
+        record = self.nodedb.new(
+            args["target"], portal.address, portal.port, portal.tpgt if portal.tpgt else 1
+        )
+        self.log.info("node created", ISCSI_TARGET=record.target, ISCSI_PORTAL=record.portal)
+        return {"node": self._node_summary(record)}
+
+    async def _node_update(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        records = self._records(args)
+        count = self.nodedb.update(records, args["key"], args["value"])
+        self.log.info("node updated", key=args["key"], nodes=count)  # never the value
+        return {"updated": count}
+
+    async def _node_delete(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        records = self._records(args)
+        for record in records:
+            for session in self.sessions.values():
+                if (session.target, session.portal.address_port) == (record.target, record.portal):
+                    raise SessionExists(
+                        f"session [sid: {session.sid}] uses [target: {record.target}, portal: "
+                        f"{record.portal}]: log it out first, then delete the record"
+                    )
+        return {"deleted": self.nodedb.delete(records)}
+
+    # ------------------------------------------------------------- logins
+
+    def _session_for(self, record: NodeRecord) -> Session | None:
+        for session in self.sessions.values():
+            if session.target == record.target and session.portal.address_port == record.portal:
+                return session
+        return None
+
+    async def _login_one(self, record: NodeRecord, *, attempts: int = 1) -> dict[str, Any]:
+        entry: dict[str, Any] = {"target": record.target, "portal": record.portal}
+        key = (record.target, record.portal)
+        if self._session_for(record) is not None or key in self._busy:
+            entry.update(ok=False, error=_error_dict(SessionExists("session already present")))
+            return entry
+        self._busy.add(key)
+        try:
+            session = self._new_session(record)
+            for attempt in range(1, attempts + 1):
+                try:
+                    await session.login()
+                    break
+                except ISCSIError as exc:
+                    retryable = error_for(exc).code in ("transport", "timeout", "login_failed")
+                    if attempt == attempts or not retryable:
+                        raise
+                    self.log.warning(
+                        "login attempt failed", attempt=attempt, reason=str(exc),
+                        ISCSI_TARGET=record.target, ISCSI_PORTAL=record.portal,
+                    )  # fmt: skip
+                    await asyncio.sleep(min(2.0 * attempt, 10.0))
+            self.sessions[session.sid] = session
+            self.log.info(
+                "logged in", ISCSI_TARGET=record.target, ISCSI_PORTAL=record.portal,
+                ISCSI_SID=session.sid, ISCSI_EVENT="login", luns=len(session.luns),
+            )  # fmt: skip
+            entry.update(ok=True, sid=session.sid)
+        except ISCSIError as exc:
+            self.log.warning(
+                "login failed", reason=str(exc), ISCSI_TARGET=record.target,
+                ISCSI_PORTAL=record.portal, ISCSI_EVENT="login_failed",
+            )  # fmt: skip
+            entry.update(ok=False, error=_error_dict(exc))
+        finally:
+            self._busy.discard(key)
+        return entry
+
+    def _new_session(self, record: NodeRecord) -> Session:
+        sid = self._next_sid
+        self._next_sid += 1
+        values = record.settings
+        config = settings.connection_config(
+            values,
+            initiator_name=self.initiator_name,
+            target_name=record.target,
+            isid=Session.new_isid(),
+        )
+        chap = config.chap
+        return Session(
+            sid,
+            record.target,
+            Portal(record.address, record.port, record.tpgt),
+            config,
+            login_timeout=float(settings.get(values, "node.conn[0].timeo.login_timeout")),
+            logout_timeout=float(settings.get(values, "node.conn[0].timeo.logout_timeout")),
+            chap_username=chap.username if chap is not None else None,
+            timeouts={name: float(settings.get(values, key)) for name, key in _TIMEOUTS},
+        )
+
+    async def _login_all(
+        self, records: Iterable[NodeRecord], *, attempts: int = 1
+    ) -> list[dict[str, Any]]:
+        return list(await asyncio.gather(*(self._login_one(r, attempts=attempts) for r in records)))
+
+    async def _node_login(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        mode = args.get("all")
+        if mode is not None:
+            records = self.nodedb.nodes()
+            if mode == "automatic":
+                records = [r for r in records if r.startup in ("automatic", "onboot")]
+            elif mode != "all":
+                raise InvalidRequest(f"all={mode!r}: expected 'all' or 'automatic'")
+            if not records:
+                raise NoRecords(f"no {mode} records found")
+        else:
+            records = self._records(args)
+        return {"logins": await self._login_all(records)}
+
+    async def login_automatic(self) -> list[dict[str, Any]]:
+        """At start: every node whose node.startup is automatic or onboot, concurrently,
+        each retried up to node.session.initial_login_retry_max times."""
+        records = [r for r in self.nodedb.nodes() if r.startup in ("automatic", "onboot")]
+        results = await asyncio.gather(
+            *(
+                self._login_one(
+                    r,
+                    attempts=max(
+                        1, settings.get_int(r.settings, "node.session.initial_login_retry_max")
+                    ),
+                )
+                for r in records
+            )
+        )
+        return list(results)
+
+    # ------------------------------------------------------------- logouts
+
+    async def _logout(self, sessions: Iterable[Session]) -> list[dict[str, Any]]:
+        async def one(session: Session) -> dict[str, Any]:
+            entry: dict[str, Any] = {
+                "sid": session.sid,
+                "target": session.target,
+                "portal": session.portal.address_port,
+            }
+            try:
+                await session.logout()
+                entry["ok"] = True
+                self.log.info(
+                    "logged out", ISCSI_TARGET=session.target, ISCSI_SID=session.sid,
+                    ISCSI_PORTAL=session.portal.address_port, ISCSI_EVENT="logout",
+                )  # fmt: skip
+            except (ISCSIError, TimeoutError) as exc:
+                entry.update(ok=False, error=_error_dict(exc))
+            finally:
+                self.sessions.pop(session.sid, None)
+            return entry
+
+        return list(await asyncio.gather(*(one(s) for s in sessions)))
+
+    async def _node_logout(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        if args.get("all") is not None:
+            if args["all"] != "all":
+                raise InvalidRequest(f"all={args['all']!r}: expected 'all'")
+            sessions = list(self.sessions.values())
+        else:
+            wanted = {(r.target, r.portal) for r in self._records(args)}
+            sessions = [
+                s for s in self.sessions.values() if (s.target, s.portal.address_port) in wanted
+            ]
+        if not sessions:
+            raise NoRecords("no matching sessions found")
+        return {"logouts": await self._logout(sessions)}
+
+    async def _session_list(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"sessions": [s.summary() for s in self._sorted_sessions()]}
+
+    def _sorted_sessions(self) -> list[Session]:
+        return [self.sessions[sid] for sid in sorted(self.sessions)]
+
+    def _session_by_sid(self, args: dict[str, Any]) -> Session:
+        sid = args["sid"]
+        session = self.sessions.get(sid)
+        if session is None:
+            raise SessionNotFound(f"no session with SID {sid}")
+        return session
+
+    async def _session_show(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        if args.get("sid") is not None:
+            sessions = [self._session_by_sid(args)]
+        else:
+            sessions = self._sorted_sessions()
+        return {"sessions": [s.details() for s in sessions]}
+
+    async def _session_logout(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        return {"logouts": await self._logout([self._session_by_sid(args)])}
+
+    async def shutdown(self) -> None:
+        """Log out of every session, concurrently; each logout is bounded by its timeout."""
+        if self.sessions:
+            await self._logout(list(self.sessions.values()))

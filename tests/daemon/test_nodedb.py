@@ -1,0 +1,449 @@
+"""The node database on real files: layout, round trips, atomic 0600 writes, damaged records
+reported and skipped, concurrent updates, and the lock against a second daemon."""
+
+from __future__ import annotations
+
+import stat
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pyiscsid.daemon import settings
+from pyiscsid.daemon.nodedb import (
+    DatabaseLocked,
+    NodeDB,
+    NodeDBError,
+    NodeExists,
+    NodeRecord,
+    NoRecords,
+    Problem,
+)
+from pyiscsid.daemon.settings import InvalidSetting, Scope
+from pyiscsid.protocol.errors import ISCSIError
+
+DISK1 = "iqn.2026-11.org.example:disk1"
+DISK2 = "iqn.2026-11.org.example:disk2"
+DISK3 = "iqn.2026-11.org.example:disk3"
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def db(state: Path) -> Iterator[NodeDB]:
+    with NodeDB(state, {"node.startup": "automatic"}) as nodedb:
+        assert nodedb.load() == []
+        yield nodedb
+
+
+def reopen(db: NodeDB) -> NodeDB:
+    """A fresh NodeDB on the same directory, as after a daemon restart."""
+    db.close()
+    again = NodeDB(db.state_dir, db.defaults)
+    again.open()
+    again.load()
+    return again
+
+
+def record_path(state: Path, target: str, portal_dir: str) -> Path:
+    return state / "nodes" / target / portal_dir / "default"
+
+
+def all_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+# -- layout and round trip ----------------------------------------------------------------------
+
+
+def test_new_writes_open_iscsi_layout(db: NodeDB, state: Path) -> None:
+    node = db.new(DISK1, "127.0.0.1", 3260)
+    path = record_path(state, DISK1, "127.0.0.1,3260,1")
+    assert path.is_file()
+    text = path.read_text()
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    assert lines[:8] == [
+        f"node.name = {DISK1}",
+        "node.tpgt = 1",
+        "node.conn[0].address = 127.0.0.1",
+        "node.conn[0].port = 3260",
+        "iface.iscsi_ifacename = default",
+        "node.discovery_address = <empty>",
+        "node.discovery_port = 0",
+        "node.discovery_type = static",
+    ]
+    assert "node.startup = automatic" in lines
+    assert "node.session.auth.password = <empty>" in lines
+    assert len(lines) == 8 + len(settings.NODE_KEYS)
+    assert node.portal == "127.0.0.1:3260"
+    assert node.startup == "automatic"
+    assert str(node) == f"127.0.0.1:3260,1 {DISK1}"
+    assert node.discovery_type is None
+
+
+def test_round_trip(db: NodeDB) -> None:
+    db.new(DISK1, "127.0.0.1", 3260)
+    db.new(DISK2, "FE80:0::1", 3261, tpgt=7)
+    db.update(db.nodes(DISK1), "node.session.auth.password", "p@ss = word # kept")
+    db.update(db.nodes(DISK1), "node.session.auth.username", "")
+    before = db.nodes()
+    again = reopen(db)
+    assert again.problems == []
+    assert again.nodes() == before
+    [v6] = again.nodes(DISK2)
+    assert v6.address == "fe80::1"
+    assert v6.portal == "[fe80::1]:3261"
+    assert v6.tpgt == 7
+    [one] = again.nodes(DISK1)
+    assert one.settings["node.session.auth.password"] == "p@ss = word # kept"
+    assert set(one.settings) == set(settings.NODE_KEYS)
+    again.close()
+
+
+def test_repr_hides_secrets(db: NodeDB) -> None:
+    db.new(DISK1, "127.0.0.1", 3260)
+    db.update(db.nodes(), "node.session.auth.password", "hunter2-secret")
+    [node] = db.nodes()
+    assert "hunter2-secret" not in repr(node)
+    assert "hunter2-secret" not in repr(db.nodes())
+
+
+def test_atomic_write_mode_and_no_temp_files(db: NodeDB, state: Path) -> None:
+    db.new(DISK1, "127.0.0.1", 3260)
+    for i in range(5):
+        db.update(db.nodes(), "node.conn[0].timeo.login_timeout", str(10 + i))
+    db.add_discovered("127.0.0.1", 3260, [(DISK2, "127.0.0.1", 3260, 1)])
+    files = all_files(state)
+    assert [p.relative_to(state).as_posix() for p in files] == [
+        "lock",
+        f"nodes/{DISK1}/127.0.0.1,3260,1/default",
+        f"nodes/{DISK2}/127.0.0.1,3260,1/default",
+        "send_targets/127.0.0.1,3260/st_config",
+    ]
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for directory in (p for p in state.rglob("*") if p.is_dir()):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    assert stat.S_IMODE(state.stat().st_mode) == 0o700
+    assert db.nodes(DISK1)[0].settings["node.conn[0].timeo.login_timeout"] == "14"
+
+
+def test_new_refuses_duplicates_and_bad_identities(db: NodeDB) -> None:
+    db.new(DISK1, "127.0.0.1", 3260)
+    with pytest.raises(NodeExists, match=r"127.0.0.1:3260,1 iqn.2026-11.org.example:disk1"):
+        db.new(DISK1, "127.0.0.1", 3260)
+    db.new(DISK1, "127.0.0.1", 3260, tpgt=2)  # another portal group is another node
+    with pytest.raises(InvalidSetting, match=r"^node.name: .host1. is not an iSCSI name"):
+        db.new("host1", "127.0.0.1", 3260)
+    with pytest.raises(InvalidSetting, match=r"^node.name"):
+        db.new("iqn.2026-11.org.example:../../etc", "127.0.0.1", 3260)
+    with pytest.raises(InvalidSetting, match=r"^node.conn\[0\].address"):
+        db.new(DISK2, "../../etc", 3260)
+    with pytest.raises(InvalidSetting, match=r"^node.conn\[0\].address"):
+        db.new(DISK2, "127.0.0.1", 0)
+    with pytest.raises(InvalidSetting, match=r"^node.tpgt"):
+        db.new(DISK2, "127.0.0.1", 3260, tpgt=70000)
+    assert len(db.nodes()) == 2
+
+
+# -- filters ----------------------------------------------------------------------------------
+
+
+def test_filters(db: NodeDB) -> None:
+    db.new(DISK1, "127.0.0.1", 3260)
+    db.new(DISK1, "127.0.0.1", 3261)
+    db.new(DISK2, "10.0.0.2", 3260, tpgt=2)
+    db.new(DISK3, "::1", 3260)
+    assert len(db.nodes()) == 4
+    assert [n.port for n in db.nodes(DISK1)] == [3260, 3261]
+    assert [n.port for n in db.nodes(portal="127.0.0.1")] == [3260, 3261]
+    assert [n.port for n in db.nodes(portal="127.0.0.1:3261")] == [3261]
+    assert [n.target for n in db.nodes(portal="10.0.0.2:3260,2")] == [DISK2]
+    assert db.nodes(portal="10.0.0.2:3260,1") == []
+    assert [n.target for n in db.nodes(portal="[::1]:3260")] == [DISK3]
+    assert [n.target for n in db.nodes(portal="0:0::1")] == [DISK3]
+    assert db.nodes(DISK2, "127.0.0.1") == []
+
+
+def test_no_records_names_the_filter(db: NodeDB) -> None:
+    with pytest.raises(NoRecords, match=r"no node records: discover targets"):
+        db.nodes(must_match=True)
+    db.new(DISK1, "127.0.0.1", 3260)
+    with pytest.raises(NoRecords) as info:
+        db.nodes(DISK2, "10.0.0.9:3260", must_match=True)
+    assert str(info.value) == f"no node record matches target {DISK2} and portal 10.0.0.9:3260"
+    assert info.value.control_exit == 21
+    assert isinstance(info.value, ISCSIError)
+    with pytest.raises(NoRecords, match=r"portal 10.0.0.9"):
+        db.discovery_records("10.0.0.9", must_match=True)
+
+
+# -- update and delete ------------------------------------------------------------------------
+
+
+def test_update_validates_and_counts(db: NodeDB) -> None:
+    db.new(DISK1, "127.0.0.1", 3260)
+    db.new(DISK1, "127.0.0.1", 3261)
+    db.new(DISK2, "127.0.0.1", 3260)
+    assert db.update(db.nodes(DISK1), "node.startup", "Manual") == 2
+    assert [n.startup for n in db.nodes()] == ["manual", "manual", "automatic"]
+    with pytest.raises(InvalidSetting, match=r"^node.startup = never: expected one of"):
+        db.update(db.nodes(), "node.startup", "never")
+    with pytest.raises(
+        InvalidSetting, match=r"^node.name: identifies the record and cannot be changed"
+    ):
+        db.update(db.nodes(), "node.name", DISK3)
+    with pytest.raises(InvalidSetting, match=r"^node.conn\[0\].port: .*cannot be changed"):
+        db.update(db.nodes(), "node.conn[0].port", "1")
+    with pytest.raises(InvalidSetting, match=r"^discovery.sendtargets.auth.username = x: not a"):
+        db.update(db.nodes(), "discovery.sendtargets.auth.username", "x")
+    with pytest.raises(InvalidSetting, match=r"^control.group = wheel: not a node setting"):
+        db.update(db.nodes(), "control.group", "wheel")
+    assert [n.startup for n in reopen(db).nodes()] == ["manual", "manual", "automatic"]
+
+
+def test_update_and_delete_of_vanished_records_count_zero(db: NodeDB) -> None:
+    node = db.new(DISK1, "127.0.0.1", 3260)
+    assert db.delete([node]) == 1
+    assert db.update([node], "node.startup", "manual") == 0
+    assert db.delete([node]) == 0
+
+
+def test_delete_removes_empty_directories_only(db: NodeDB, state: Path) -> None:
+    one = db.new(DISK1, "127.0.0.1", 3260)
+    db.new(DISK1, "127.0.0.1", 3261)
+    assert db.delete([one]) == 1
+    assert not (state / "nodes" / DISK1 / "127.0.0.1,3260,1").exists()
+    assert (state / "nodes" / DISK1 / "127.0.0.1,3261,1" / "default").exists()
+    assert db.delete(db.nodes()) == 1
+    assert not (state / "nodes" / DISK1).exists()
+    assert (state / "nodes").is_dir()
+    assert reopen(db).nodes() == []
+
+
+def test_writes_need_open(state: Path) -> None:
+    db = NodeDB(state)
+    with pytest.raises(NodeDBError, match=r"not open: call open\(\) first"):
+        db.new(DISK1, "127.0.0.1", 3260)
+
+
+# -- discovery ----------------------------------------------------------------------------------
+
+
+def test_add_discovered_keeps_existing_settings(db: NodeDB, state: Path) -> None:
+    found = db.add_discovered(
+        "127.0.0.1", 3260, [(DISK1, "127.0.0.1", 3260, 1), (DISK2, "127.0.0.1", 3260, None)]
+    )
+    assert [(n.target, n.tpgt) for n in found] == [(DISK1, 1), (DISK2, 1)]
+    assert all(n.discovery_type == "send_targets" for n in found)
+    assert all((n.discovery_address, n.discovery_port) == ("127.0.0.1", 3260) for n in found)
+    db.update(db.nodes(DISK1), "node.session.auth.username", "alice")
+    again = db.add_discovered(
+        "127.0.0.1", 3260, [(DISK1, "127.0.0.1", 3260, 1), (DISK3, "127.0.0.1", 3260, 1)]
+    )
+    assert again[0].settings["node.session.auth.username"] == "alice"
+    assert again[1].settings["node.session.auth.username"] == ""
+    assert len(db.nodes()) == 3
+    [record] = db.discovery_records()
+    assert (record.address, record.port, record.type, record.portal) == (
+        "127.0.0.1",
+        3260,
+        "sendtargets",
+        "127.0.0.1:3260",
+    )
+    assert dict(record.settings) == settings.defaults(Scope.DISCOVERY)
+    st_config = (state / "send_targets" / "127.0.0.1,3260" / "st_config").read_text()
+    assert "discovery.sendtargets.address = 127.0.0.1" in st_config
+    reloaded = reopen(db)
+    assert reloaded.discovery_records() == [record]
+    [disk1] = reloaded.nodes(DISK1)
+    assert (disk1.discovery_address, disk1.discovery_port) == ("127.0.0.1", 3260)
+    reloaded.close()
+
+
+def test_delete_discovery(db: NodeDB) -> None:
+    db.add_discovered("127.0.0.1", 3260, [(DISK1, "127.0.0.1", 3260, 1)])
+    db.add_discovered("127.0.0.2", 3260, [(DISK2, "127.0.0.2", 3260, 1)])
+    db.new(DISK3, "127.0.0.1", 3260)
+    assert db.delete_discovery(db.discovery_records("127.0.0.2")) == 1
+    assert [n.target for n in db.nodes()] == [DISK1, DISK2, DISK3]
+    assert db.delete_discovery(db.discovery_records("127.0.0.1"), with_nodes=True) == 1
+    assert [n.target for n in db.nodes()] == [DISK2, DISK3]
+    assert db.discovery_records() == []
+
+
+def test_bad_discovered_target_writes_nothing(db: NodeDB, state: Path) -> None:
+    with pytest.raises(InvalidSetting, match=r"^node.name"):
+        db.add_discovered(
+            "127.0.0.1", 3260, [(DISK1, "127.0.0.1", 3260, 1), ("iqn.x/../..", "h", 1, 1)]
+        )
+    assert db.nodes() == []
+    assert not (state / "nodes").exists()
+
+
+# -- damaged records ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda t: t.replace("node.startup = automatic", "node.startup automatic"), "expected"),
+        (lambda t: t + "node.no_such_key = 1\n", "unknown key node.no_such_key"),
+        (
+            lambda t: t.replace(
+                "node.conn[0].timeo.noop_out_interval = 5",
+                "node.conn[0].timeo.noop_out_interval = abc",
+            ),
+            "node.conn[0].timeo.noop_out_interval = abc: expected a whole number",
+        ),
+        (lambda t: t.replace(f"node.name = {DISK2}\n", ""), "no node.name line"),
+        (lambda t: t.replace(f"node.name = {DISK2}", f"node.name = {DISK3}"), "does not match"),
+        (lambda t: t.replace("node.tpgt = 1", "node.tpgt = 2"), "does not match"),
+        (lambda t: t + "node.startup = manual\n", "node.startup is repeated"),
+        (lambda t: t.replace("node.discovery_type = static", "node.discovery_type = x"), "one of"),
+    ],
+)
+def test_damaged_record_is_reported_and_skipped(
+    db: NodeDB, state: Path, damage: object, message: str
+) -> None:
+    db.new(DISK1, "127.0.0.1", 3260)
+    db.new(DISK2, "127.0.0.1", 3260)
+    db.new(DISK3, "127.0.0.1", 3260)
+    bad = record_path(state, DISK2, "127.0.0.1,3260,1")
+    original = bad.read_text()
+    assert callable(damage)
+    damaged = damage(original)
+    assert damaged != original
+    bad.write_text(damaged)
+    problems = db.load()
+    assert len(problems) == 1
+    [problem] = problems
+    assert isinstance(problem, Problem)
+    assert problem.path == bad
+    assert message in problem.message
+    assert db.problems == problems
+    assert [n.target for n in db.nodes()] == [DISK1, DISK3]
+    assert bad.read_text() == damaged  # never deleted or rewritten
+    with pytest.raises(NodeDBError, match=r"could not be loaded"):
+        db.new(DISK2, "127.0.0.1", 3260)
+    assert db.add_discovered("127.0.0.1", 3260, [(DISK2, "127.0.0.1", 3260, 1)]) == []
+    assert bad.read_text() == damaged
+
+
+def test_bad_secret_in_a_record_is_not_shown(db: NodeDB, state: Path) -> None:
+    db.new(DISK1, "127.0.0.1", 3260)
+    path = record_path(state, DISK1, "127.0.0.1,3260,1")
+    text = path.read_text().replace(
+        "node.session.auth.password = <empty>", "node.session.auth.password = " + "s" * 300
+    )
+    path.write_text(text)
+    [problem] = db.load()
+    assert "node.session.auth.password" in problem.message
+    assert "sss" not in problem.message
+
+
+def test_misplaced_files_are_reported(db: NodeDB, state: Path) -> None:
+    db.new(DISK1, "127.0.0.1", 3260)
+    (state / "nodes" / "stray-file").write_text("x")
+    (state / "nodes" / DISK2 / "127.0.0.1,3260,1").mkdir(parents=True)
+    (state / "nodes" / DISK2 / "127.0.0.1,3260,1" / "default").write_bytes(b"\xff\xfe")
+    (state / "nodes" / DISK3 / "127.0.0.1,junk,1").mkdir(parents=True)
+    good = record_path(state, DISK1, "127.0.0.1,3260,1").read_text()
+    (state / "nodes" / DISK3 / "127.0.0.1,junk,1" / "default").write_text(
+        good.replace(DISK1, DISK3)
+    )
+    (state / "nodes" / DISK1 / "127.0.0.1,3260,1" / ".default.abc.tmp").write_text("partial")
+    problems = {p.path.relative_to(state).as_posix(): p.message for p in db.load()}
+    assert set(problems) == {
+        "nodes/stray-file",
+        f"nodes/{DISK2}/127.0.0.1,3260,1/default",
+        f"nodes/{DISK3}/127.0.0.1,junk,1/default",
+    }
+    assert "not UTF-8" in problems[f"nodes/{DISK2}/127.0.0.1,3260,1/default"]
+    assert [n.target for n in db.nodes()] == [DISK1]
+
+
+def test_missing_settings_take_the_defaults(db: NodeDB, state: Path) -> None:
+    db.new(DISK1, "127.0.0.1", 3260)
+    path = record_path(state, DISK1, "127.0.0.1,3260,1")
+    kept = [
+        line
+        for line in path.read_text().splitlines()
+        if not line.startswith("node.conn[0].timeo.") or "login_timeout" in line
+    ]
+    path.write_text("\n".join(kept).replace("login_timeout = 15", "login_timeout = 30") + "\n")
+    assert db.load() == []
+    [node] = db.nodes()
+    assert node.settings["node.conn[0].timeo.login_timeout"] == "30"
+    assert node.settings["node.conn[0].timeo.noop_out_interval"] == "5"
+
+
+# -- locking and concurrency ----------------------------------------------------------------------
+
+
+def test_second_open_fails_clearly(db: NodeDB, state: Path) -> None:
+    other = NodeDB(state)
+    with pytest.raises(DatabaseLocked) as info:
+        other.open()
+    message = str(info.value)
+    assert str(state) in message
+    assert "another pyiscsid" in message
+    assert "--state-dir" in message
+    db.close()
+    other.open()  # free once the first one is closed
+    other.close()
+
+
+def test_concurrent_updates_lose_nothing(db: NodeDB) -> None:
+    db.new(DISK1, "127.0.0.1", 3260)
+    db.new(DISK2, "127.0.0.1", 3260)
+    keys = [
+        ("node.conn[0].timeo.login_timeout", "21"),
+        ("node.conn[0].timeo.logout_timeout", "22"),
+        ("node.conn[0].timeo.noop_out_interval", "23"),
+        ("node.conn[0].timeo.noop_out_timeout", "24"),
+        ("node.session.queue_depth", "25"),
+        ("node.session.auth.username", "user26"),
+        ("node.session.auth.password", "secret27"),
+        ("node.startup", "onboot"),
+    ]
+    stale = db.nodes()  # every thread starts from the same snapshot
+    barrier = threading.Barrier(len(keys))
+    errors: list[BaseException] = []
+
+    def work(key: str, value: str) -> None:
+        try:
+            barrier.wait()
+            for _ in range(5):
+                assert db.update(stale, key, value) == 2
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=kv) for kv in keys]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for node in [*db.nodes(), *reopen(db).nodes()]:
+        for key, value in keys:
+            assert node.settings[key] == value, (node.target, key)
+
+
+def test_defaults_are_validated(state: Path) -> None:
+    with pytest.raises(InvalidSetting, match=r"^node.startup = often"):
+        NodeDB(state, {"node.startup": "often"})
+    with pytest.raises(InvalidSetting, match=r"^control.group: not a node setting"):
+        NodeDB(state, {"control.group": "wheel"})
+    assert NodeDB(state, {"node.startup": "Automatic"}).defaults["node.startup"] == "automatic"
+
+
+def test_node_record_defaults() -> None:
+    node = NodeRecord(DISK1, "::1", 3260, 1)
+    assert node.portal == "[::1]:3260"
+    assert node.startup == "manual"
+    assert node.iface == "default"
+    assert dict(node.settings) == settings.defaults(Scope.NODE)
