@@ -50,7 +50,7 @@ test: venv lint typecheck
 	$(VENV)/bin/pytest -q
 
 run: venv
-	$(VPY) -m pyiscsid.daemon.demo
+	$(VPY) -m pyiscsid.daemon.run_local
 
 bench: venv
 	$(VPY) -m bench

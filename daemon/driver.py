@@ -13,7 +13,7 @@ import os
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.connection import Connection, ConnectionState
@@ -118,8 +118,8 @@ class IscsiConnection(asyncio.Protocol):
     # ---------------------------------------------------------- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self._transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -275,6 +275,14 @@ class IscsiConnection(asyncio.Protocol):
         if future.done() and not future.cancelled() and future.exception() is None:
             return future.result()
         return None
+
+    @property
+    def local_address(self) -> str | None:
+        """Our end of the TCP connection (the address the target sees)."""
+        if self._transport is None:
+            return None
+        sockname = self._transport.get_extra_info("sockname")
+        return str(sockname[0]) if sockname else None
 
     @property
     def alive(self) -> bool:

@@ -185,6 +185,7 @@ class Session:
             timeouts=self.timeouts,
             isid=f"{self.config.isid:012x}",
             initiator_name=self.config.initiator_name,
+            local_address=self.connection.local_address if self.connection else None,
             luns=[lun.as_dict() for lun in self.luns],
         )
         return info

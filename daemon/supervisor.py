@@ -248,7 +248,7 @@ class Supervisor:
             login_timeout=float(settings.get(values, "node.conn[0].timeo.login_timeout")),
             logout_timeout=float(settings.get(values, "node.conn[0].timeo.logout_timeout")),
             chap_username=chap.username if chap is not None else None,
-            timeouts={name: float(settings.get(values, key)) for name, key in _TIMEOUTS},
+            timeouts={name: settings.get_int(values, key) for name, key in _TIMEOUTS},
         )
 
     async def _login_all(

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Iterator
+import asyncio
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.tgt import TgtConnection, TgtSession, TgtTarget
+import uvloop
+from pyiscsid.daemon.localtarget import TgtConnection, TgtSession, TgtTarget
 
 DISK_IQN = "iqn.2026-11.test.pyiscsid:disk1"
 DISK_TID = 1
@@ -19,6 +20,13 @@ DISK_SIZE = 64 << 20
 _TARGETS_KEY = pytest.StashKey[list[TgtTarget]]()
 
 TgtFactory = Callable[..., TgtTarget]
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Async tests run on uvloop, as the daemon does."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from pyiscsid.daemon.driver import IscsiConnection, discover, open_connection
+from pyiscsid.daemon.localtarget import TgtSession
 from pyiscsid.protocol import scsi
 from pyiscsid.protocol.chap import ChapAlgorithm, ChapCredentials
 from pyiscsid.protocol.config import ConnectionConfig
@@ -22,7 +23,6 @@ from pyiscsid.protocol.pdu import Buffer, ScsiCommand
 from pyiscsid.protocol.serial import sn_le
 
 from tests.conftest import TgtDisk, TgtFactory
-from tests.tgt import TgtSession
 
 pytestmark = pytest.mark.tgtd
 
@@ -243,30 +243,29 @@ async def test_requiring_a_digest_the_target_does_not_offer_fails_clearly(tgt: T
 
 
 class _WindowWatch:
-    """Decodes every PDU the driver writes and checks each command against MaxCmdSN."""
+    """Decodes every PDU the core hands the driver to send, and checks each command
+    against the MaxCmdSN the core knew at that moment."""
 
     def __init__(self, conn: IscsiConnection) -> None:
-        self.conn = conn
+        self.core = conn.core
         self.reader = PduReader()
         self.commands = 0
         self.most_waiting = 0
         self.violations: list[tuple[int, int]] = []
-        transport = conn._transport
-        assert transport is not None
-        self._writelines = transport.writelines
-        transport.writelines = self._spy  # type: ignore[method-assign]
+        self._data_to_send = self.core.data_to_send
+        self.core.data_to_send = self._spy  # type: ignore[method-assign]
 
-    def _spy(self, buffers: Sequence[Buffer]) -> None:
-        core = self.conn.core
-        self.most_waiting = max(self.most_waiting, core.waiting)
+    def _spy(self) -> list[Buffer]:
+        buffers = self._data_to_send()
+        self.most_waiting = max(self.most_waiting, self.core.waiting)
         for buffer in buffers:
             self.reader.feed(buffer)
         while (pdu := self.reader.next_pdu()) is not None:
             if isinstance(pdu, ScsiCommand) and not pdu.immediate:
                 self.commands += 1
-                if not sn_le(pdu.cmd_sn, core.max_cmd_sn):
-                    self.violations.append((pdu.cmd_sn, core.max_cmd_sn))
-        self._writelines(buffers)
+                if not sn_le(pdu.cmd_sn, self.core.max_cmd_sn):
+                    self.violations.append((pdu.cmd_sn, self.core.max_cmd_sn))
+        return buffers
 
 
 @pytest.mark.parametrize(("count", "initial_cmd_sn"), [(64, 1), (300, 0xFFFFFF80)])

@@ -12,9 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import DISK_IQN, TgtDisk, TgtFactory
-from tests.tgt import (
+from pyiscsid.daemon.localtarget import (
     TgtError,
     TgtTarget,
     missing_tools,
@@ -22,6 +20,8 @@ from tests.tgt import (
     parse_target_show,
     process_state,
 )
+
+from tests.conftest import DISK_IQN, TgtDisk, TgtFactory
 
 TIMEOUT = 20.0
 PERF_INITIATOR = "iqn.2026-11.test.pyiscsid:perf"

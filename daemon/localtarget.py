@@ -1,4 +1,4 @@
-"""Run and drive a real tgtd (Linux SCSI target framework) for integration tests.
+"""A throwaway tgtd target on loopback, for `make run`, the tests and the benchmarks.
 
 Each :class:`TgtTarget` is one private ``tgtd -f -C N`` listening only on
 ``127.0.0.1:PORT``, with its own control number ``N`` and its own log file. It
@@ -65,7 +65,7 @@ EXIT_TIMEOUT = 5.0
 START_ATTEMPTS = 8
 
 _INSTALL_HINT = (
-    "`make test` installs it (Debian packages tgt and libiscsi-bin); "
+    "`make run` and `make test` install it (Debian packages tgt and libiscsi-bin); "
     "or run as root: apt-get install tgt libiscsi-bin"
 )
 

@@ -1,0 +1,211 @@
+"""The administrator's workflow, end to end: the real pyiscsiadm binary against a real
+pyiscsid process against a real tgtd: discover, configure CHAP, log in, look, log out,
+delete; then restart, bad input, permissions."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TgtDisk
+from tests.daemon_process import Daemon, read_line
+
+pytestmark = pytest.mark.tgtd
+
+DISK2 = "iqn.2026-11.test.pyiscsid:disk2"
+USER, SECRET = "admin-user", "chap-secret-0042"
+
+
+@pytest.fixture
+def two_targets(tgt: TgtDisk, tmp_path: Path) -> TgtDisk:
+    """Two targets on one tgtd; the first asks for CHAP."""
+    tgt.target.add_disk(2, DISK2, tmp_path / "disk2.img", 16 << 20)
+    tgt.target.add_account(USER, SECRET)
+    tgt.target.bind_account(tgt.tid, USER)
+    return tgt
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[Daemon]:
+    d = Daemon(tmp_path / "daemon")
+    try:
+        yield d.start()
+    finally:
+        d.stop()
+
+
+def portal_of(tgt: TgtDisk) -> str:
+    return f"{tgt.address}:{tgt.port}"
+
+
+def iscsiadm_portal(tgt: TgtDisk) -> str:
+    """How iscsiadm writes a portal inside its [ ... ] messages: `IP,PORT`."""
+    return f"{tgt.address},{tgt.port}"
+
+
+def test_discover_configure_login_show_logout_delete(two_targets: TgtDisk, daemon: Daemon) -> None:
+    tgt, portal = two_targets, portal_of(two_targets)
+
+    found = daemon.client("-m", "discovery", "-t", "st", "-p", portal)
+    assert found.returncode == 0, found.stderr
+    assert sorted(found.lines) == sorted([f"{portal},1 {tgt.iqn}", f"{portal},1 {DISK2}"])
+
+    nodes = daemon.client("-m", "node")
+    assert sorted(nodes.lines) == sorted(found.lines)
+
+    node = ["-m", "node", "-T", tgt.iqn, "-p", portal]
+    for key, value in (
+        ("node.session.auth.authmethod", "CHAP"),
+        ("node.session.auth.username", USER),
+        ("node.session.auth.password", SECRET),
+    ):
+        done = daemon.client(*node, "-o", "update", "-n", key, "-v", value)
+        assert done.returncode == 0, done.stderr
+    shown = daemon.client(*node, "-o", "show")
+    assert "node.session.auth.username = " + USER in shown.lines
+    assert "node.session.auth.password = ********" in shown.lines
+    assert SECRET not in shown.stdout
+
+    login = daemon.client(*node, "--login")
+    where = f"[iface: default, target: {tgt.iqn}, portal: {iscsiadm_portal(tgt)}]"
+    assert login.returncode == 0, login.stdout + login.stderr
+    assert login.lines == [f"Logging in to {where}", f"Login to {where} successful."]
+
+    again = daemon.client(*node, "--login")
+    assert again.returncode == 15
+
+    sessions = daemon.client("-m", "session")
+    assert sessions.returncode == 0
+    assert sessions.lines == [f"tcp: [1] {portal},1 {tgt.iqn} (non-flash)"]
+
+    detail = daemon.client("-m", "session", "-P", "3")
+    assert detail.returncode == 0
+    text = detail.stdout
+    assert f"Target: {tgt.iqn}" in text
+    assert "iSCSI Connection State: LOGGED IN" in text
+    assert f"username: {USER}" in text and SECRET not in text
+    assert "Attached SCSI devices:" in text
+    assert "VIRTUAL-DISK" in text  # tgt's product name for a file-backed LUN
+    assert "64 MiB" in text or "67108864" in text
+
+    as_json = daemon.client("-m", "session", "--format", "json").json()
+    assert [s["target"] for s in as_json["sessions"]] == [tgt.iqn]
+
+    logout = daemon.client(*node, "--logout")
+    assert logout.returncode == 0, logout.stdout + logout.stderr
+    sid_where = f"[sid: 1, target: {tgt.iqn}, portal: {iscsiadm_portal(tgt)}]"
+    assert logout.lines == [
+        f"Logging out of session {sid_where}",
+        f"Logout of {sid_where} successful.",
+    ]
+    none = daemon.client("-m", "session")
+    assert none.returncode == 21
+    assert "No active sessions." in none.stdout + none.stderr
+
+    deleted = daemon.client(*node, "-o", "delete")
+    assert deleted.returncode == 0
+    remaining = daemon.client("-m", "node")
+    assert remaining.lines == [f"{portal},1 {DISK2}"]
+    assert daemon.client(*node, "-o", "show").returncode == 21
+
+
+def test_wrong_chap_secret_exits_24(two_targets: TgtDisk, daemon: Daemon) -> None:
+    tgt, portal = two_targets, portal_of(two_targets)
+    assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
+    node = ["-m", "node", "-T", tgt.iqn, "-p", portal]
+    for key, value in (
+        ("node.session.auth.authmethod", "CHAP"),
+        ("node.session.auth.username", USER),
+        ("node.session.auth.password", "wrong-secret-777"),
+    ):
+        assert daemon.client(*node, "-o", "update", "-n", key, "-v", value).returncode == 0
+    login = daemon.client(*node, "--login")
+    assert login.returncode == 24
+    assert "wrong-secret-777" not in login.stdout + login.stderr + daemon.log()
+
+
+def test_restart_logs_back_in_to_automatic_nodes_only(two_targets: TgtDisk, daemon: Daemon) -> None:
+    portal = portal_of(two_targets)
+    assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
+    update = ["-o", "update", "-n", "node.startup", "-v", "automatic"]
+    assert daemon.client("-m", "node", "-T", DISK2, "-p", portal, *update).returncode == 0
+    assert daemon.stop() == 0
+    daemon.start()
+    sessions = daemon.wait_sessions(count=1)
+    assert [s["target"] for s in sessions] == [DISK2]
+
+
+@pytest.fixture
+def public_daemon(tmp_path: Path) -> Iterator[Daemon]:
+    """A daemon whose socket `nobody` can reach (pytest's tmp_path is root-only)."""
+    with tempfile.TemporaryDirectory(prefix="pyiscsid-test-") as public:
+        os.chmod(public, 0o755)
+        d = Daemon(tmp_path / "daemon", socket_dir=Path(public) / "run")
+        try:
+            yield d.start()
+        finally:
+            d.stop()
+
+
+def test_a_non_root_peer_can_list_but_not_change(
+    two_targets: TgtDisk, public_daemon: Daemon
+) -> None:
+    daemon, portal = public_daemon, portal_of(two_targets)
+    assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
+    daemon.socket.chmod(0o666)  # as an admin could, to let everyone read
+    listed = daemon.client("-m", "node", user="nobody")
+    assert listed.returncode == 0, listed.stderr
+    assert len(listed.lines) == 2
+    denied = daemon.client("-m", "node", "-T", DISK2, "-p", portal, "--login", user="nobody")
+    assert denied.returncode == 13
+    deleted = daemon.client("-m", "node", "-T", DISK2, "-p", portal, "-o", "delete", user="nobody")
+    assert deleted.returncode == 13
+    assert len(daemon.client("-m", "node").lines) == 2
+    assert '"uid": 65534' in daemon.log() or "uid=65534" in daemon.log()
+
+
+def test_bad_control_input_gets_errors_and_the_daemon_lives(daemon: Daemon) -> None:
+    for garbage in (b"not json\n", b"[1,2]\n", b'{"v":1,"id":7,"op":"no.such"}\n', b"\xff\xfe\n"):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(daemon.socket))
+            sock.sendall(garbage)
+            reply = json.loads(read_line(sock))
+            assert reply["ok"] is False and reply["error"]["code"] == "invalid"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(daemon.socket))
+        sock.sendall(b'{"v":1,"id":1,"op":"sta')  # and hang up mid-request
+    assert daemon.request("status")["ok"] is True
+
+
+def test_a_corrupt_node_record_is_reported_and_skipped(
+    two_targets: TgtDisk, daemon: Daemon
+) -> None:
+    portal = portal_of(two_targets)
+    assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
+    assert daemon.stop() == 0
+    records = sorted(daemon.state_dir.glob("nodes/*/*/default"))
+    assert len(records) == 2
+    records[0].write_text("this is not a record\n\x00\x01garbage\n")
+    daemon.start()
+    status = daemon.request("status")["result"]
+    assert [p["path"] for p in status["problems"]] == [str(records[0])]
+    assert len(daemon.client("-m", "node").lines) == 1
+    assert records[0].exists()  # reported, never deleted
+
+
+def test_a_bad_config_line_stops_the_daemon_with_file_line_and_key(tmp_path: Path) -> None:
+    daemon = Daemon(
+        tmp_path / "bad", config_text="# ok\nnode.conn[0].timeo.noop_out_interval = soon\n"
+    )
+    daemon.start(wait=False)
+    assert daemon.process is not None
+    assert daemon.process.wait(20) == 1
+    log = daemon.log()
+    assert f"{daemon.config}:2" in log and "noop_out_interval" in log
