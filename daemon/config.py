@@ -17,6 +17,7 @@ from typing import ClassVar
 from pyiscsid.protocol.errors import ISCSIError
 
 from . import settings
+from .keyvalue import KeyValueSyntaxError, parse_lines
 from .settings import InvalidSetting, Scope
 
 __all__ = ["DEFAULT_CONFIG_PATH", "ConfigError", "DaemonConfig", "load_config"]
@@ -97,28 +98,15 @@ def load_config(path: Path = DEFAULT_CONFIG_PATH) -> DaemonConfig:
 def _parse(path: Path, text: str) -> dict[str, str]:
     """The file's settings, validated and canonical; the first bad line raises."""
     values: dict[str, str] = {}
-    seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, equals, value = line.partition("=")
-        key, value = key.strip(), value.strip()
-        if not equals:
-            # The line itself is not shown: it may be a password without its key.
-            raise ConfigError(path, "expected 'key = value', found no '='", line=number)
-        if not key:
-            raise ConfigError(path, "expected 'key = value', found no key", line=number)
-        if key in seen:
-            raise ConfigError(
-                path, f"{key} is already set on line {seen[key]}", line=number, key=key
-            )
-        try:
-            values[key] = settings.validate(key, value)
-        except InvalidSetting as exc:
-            reason = str(exc)
-            if key in settings.OPEN_ISCSI_UNUSED:
-                reason += ": remove the line"
-            raise ConfigError(path, reason, line=number, key=key) from None
-        seen[key] = number
+    try:
+        for number, key, value in parse_lines(text):
+            try:
+                values[key] = settings.validate(key, value)
+            except InvalidSetting as exc:
+                reason = str(exc)
+                if key in settings.OPEN_ISCSI_UNUSED:
+                    reason += ": remove the line"
+                raise ConfigError(path, reason, line=number, key=key) from None
+    except KeyValueSyntaxError as exc:
+        raise ConfigError(path, str(exc), line=exc.line, key=exc.key) from None
     return values

@@ -38,6 +38,7 @@ from pyiscsid.protocol.errors import ISCSIError
 from pyiscsid.protocol.keys import InvalidValue, check_iscsi_name
 
 from . import settings
+from .keyvalue import KeyValueSyntaxError, parse_lines
 from .settings import EMPTY, InvalidSetting, Scope
 
 __all__ = [
@@ -776,18 +777,12 @@ def _read_record(path: Path) -> tuple[dict[str, str], dict[str, int]]:
         raise _Damaged(f"cannot read it: {exc.strerror or exc}") from None
     values: dict[str, str] = {}
     lines: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        key, equals, value = line.partition("=")
-        key, value = key.strip(), value.strip()
-        if not equals or not key:
-            raise _Damaged(f"line {number}: expected 'key = value'")
-        if key in values:
-            raise _Damaged(f"line {number}: {key} is repeated (first on line {lines[key]})")
-        values[key] = "" if value == EMPTY else value
-        lines[key] = number
+    try:
+        for number, key, value in parse_lines(text):
+            values[key] = "" if value == EMPTY else value
+            lines[key] = number
+    except KeyValueSyntaxError as exc:
+        raise _Damaged(f"line {exc.line}: {exc}") from None
     return values, lines
 
 

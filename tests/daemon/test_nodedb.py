@@ -302,7 +302,7 @@ def test_bad_discovered_target_writes_nothing(db: NodeDB, state: Path) -> None:
         (lambda t: t.replace(f"node.name = {DISK2}\n", ""), "no node.name line"),
         (lambda t: t.replace(f"node.name = {DISK2}", f"node.name = {DISK3}"), "does not match"),
         (lambda t: t.replace("node.tpgt = 1", "node.tpgt = 2"), "does not match"),
-        (lambda t: t + "node.startup = manual\n", "node.startup is repeated"),
+        (lambda t: t + "node.startup = manual\n", "node.startup is already set on line"),
         (lambda t: t.replace("node.discovery_type = static", "node.discovery_type = x"), "one of"),
     ],
 )
