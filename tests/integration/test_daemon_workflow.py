@@ -108,6 +108,8 @@ def test_discover_configure_login_show_logout_delete(two_targets: TgtDisk, daemo
     assert none.returncode == 21
     assert "No active sessions." in none.stdout + none.stderr
 
+    assert SECRET not in daemon.log()  # set, used, shown: never logged
+
     deleted = daemon.client(*node, "-o", "delete")
     assert deleted.returncode == 0
     remaining = daemon.client("-m", "node")
@@ -209,3 +211,55 @@ def test_a_bad_config_line_stops_the_daemon_with_file_line_and_key(tmp_path: Pat
     assert daemon.process.wait(20) == 1
     log = daemon.log()
     assert f"{daemon.config}:2" in log and "noop_out_interval" in log
+
+
+def test_discovery_with_login_then_login_all_and_logout_all(
+    two_targets: TgtDisk, daemon: Daemon
+) -> None:
+    tgt, portal = two_targets, portal_of(two_targets)
+    found = daemon.client("-m", "discovery", "-t", "st", "-p", portal, "-l")
+    # disk1 wants CHAP that is not configured yet: that one login fails, disk2 succeeds.
+    assert found.returncode == 24, found.stdout + found.stderr
+    assert (
+        f"Login to [iface: default, target: {DISK2}, portal: {iscsiadm_portal(tgt)}] successful."
+        in found.lines
+    )
+    assert [
+        s["target"] for s in daemon.client("-m", "session", "--format", "json").json()["sessions"]
+    ] == [DISK2]
+
+    assert daemon.client("-m", "node", "-U", "all").returncode == 0
+    assert daemon.client("-m", "session").returncode == 21
+    tgt.target.unbind_account(tgt.tid, USER)  # now both log in without CHAP
+    everything = daemon.client("-m", "node", "-L", "all")
+    assert everything.returncode == 0, everything.stdout + everything.stderr
+    listed = daemon.client("-m", "session").lines
+    assert len(listed) == 2
+
+    automatic = daemon.client("-m", "node", "-L", "automatic")
+    assert automatic.returncode == 21  # no node is marked automatic
+
+    sid = int(listed[0].split("[")[1].split("]")[0])
+    one = daemon.client("-m", "session", "-r", str(sid))
+    assert one.lines == [listed[0]]
+    out = daemon.client("-m", "session", "-r", str(sid), "-u")
+    assert out.returncode == 0 and out.lines[-1].endswith("successful.")
+    assert daemon.client("-m", "session", "-r", str(sid)).returncode in (2, 21)
+    assert len(daemon.client("-m", "session").lines) == 1
+
+
+def test_sigterm_logs_out_of_every_session_then_exits(two_targets: TgtDisk, daemon: Daemon) -> None:
+    tgt, portal = two_targets, portal_of(two_targets)
+    assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
+    assert daemon.client("-m", "node", "-T", DISK2, "-p", portal, "--login").returncode == 0
+    assert len(tgt.target.sessions(2)) == 1
+    assert daemon.stop() == 0
+    assert tgt.target.sessions(2) == []  # a logout, not a dropped connection
+    assert '"logged out"' in daemon.log()
+
+
+def test_the_client_without_a_daemon_exits_20(tmp_path: Path) -> None:
+    missing = Daemon(tmp_path / "none")  # never started: no socket
+    done = missing.client("-m", "session")
+    assert done.returncode == 20
+    assert "Is the daemon running?" in done.stderr
