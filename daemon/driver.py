@@ -277,6 +277,15 @@ class IscsiConnection(asyncio.Protocol):
         return None
 
     @property
+    def close_reason(self) -> str | None:
+        """Why the connection ended (None while it is up or after a clean logout)."""
+        if self._error is not None:
+            return str(self._error)
+        if self._closed.done() and (self._logout is None or not self._logout.done()):
+            return f"connection to {self.portal.address_port} closed by the target"
+        return None
+
+    @property
     def local_address(self) -> str | None:
         """Our end of the TCP connection (the address the target sees)."""
         if self._transport is None:

@@ -1,8 +1,5 @@
-"""One session the daemon holds: its login, what it knows of the target's LUNs, its logout.
-
-Recovery (reconnect, relogin with the same ISID, held I/O) builds on this in a later step;
-for now a lost connection leaves the session FAILED and the supervisor reports it.
-"""
+"""One session the daemon holds: its login, what it knows of the target's LUNs, its I/O
+(held and reissued through outages by :mod:`recovery`), and its logout."""
 
 from __future__ import annotations
 
@@ -12,13 +9,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from pyiscsid.protocol import scsi
 from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.discovery import Portal
 from pyiscsid.protocol.errors import ISCSIError
 from pyiscsid.protocol.login import random_isid
 
-from .driver import IscsiConnection, open_connection
+from .driver import CommandResult, IscsiConnection, open_connection
+from .recovery import Recovery, SessionState
 
 # RFC 7143 names of the negotiated parameters that `-m session -P 2` shows.
 _SHOWN_PARAMETERS = (
@@ -84,10 +83,27 @@ class Session:
         self.logout_timeout = logout_timeout
         self.chap_username = chap_username
         self.timeouts = timeouts or {}
-        self.connection: IscsiConnection | None = None
         self.luns: list[LunInfo] = []
-        self.state = "FREE"
         self.logged_in_at: float | None = None
+        self.recovery = Recovery(
+            self._connect,
+            replacement_timeout=float(self.timeouts.get("replacement_timeout", 120)),
+            log=structlog.get_logger("pyiscsid.session").bind(
+                ISCSI_TARGET=target, ISCSI_PORTAL=portal.address_port, ISCSI_SID=sid
+            ),
+        )
+
+    @property
+    def connection(self) -> IscsiConnection | None:
+        return self.recovery.connection
+
+    @property
+    def state(self) -> SessionState:
+        return self.recovery.state
+
+    async def _connect(self) -> IscsiConnection:
+        """One login with this session's ISID and TSIH 0: a reconnect reinstates the session."""
+        return await open_connection(self.portal, self.config, login_timeout=self.login_timeout)
 
     @staticmethod
     def new_isid() -> int:
@@ -95,15 +111,7 @@ class Session:
 
     async def login(self) -> None:
         """Connect, log in and learn the LUNs (REPORT LUNS, INQUIRY, READ CAPACITY)."""
-        self.state = "LOGGING IN"
-        try:
-            self.connection = await open_connection(
-                self.portal, self.config, login_timeout=self.login_timeout
-            )
-        except BaseException:
-            self.state = "FAILED"
-            raise
-        self.state = "LOGGED IN"
+        self.recovery.attach(await self._connect())
         self.logged_in_at = time.time()
         try:
             async with asyncio.timeout(self.login_timeout):
@@ -111,21 +119,23 @@ class Session:
         except (ISCSIError, TimeoutError):
             self.luns = []  # the session is usable; `-P 3` will show no LUNs
 
+    async def execute(self, cdb: bytes, **command: Any) -> CommandResult:
+        """A SCSI command, held and reissued across reconnects (see :mod:`recovery`)."""
+        return await self.recovery.execute(cdb=cdb, **command)
+
     async def _scan_luns(self) -> list[LunInfo]:
-        conn = self.connection
-        assert conn is not None
-        report = await conn.execute(scsi.report_luns(), lun=0, read_length=4096)
+        report = await self.execute(scsi.report_luns(), lun=0, read_length=4096)
         numbers = scsi.parse_report_luns(report.check().data) if report.status == 0 else [0]
         luns = []
         for number in numbers:
             inquiry = scsi.parse_standard_inquiry(
-                (await conn.execute(scsi.inquiry(), lun=number, read_length=255)).check().data
+                (await self.execute(scsi.inquiry(), lun=number, read_length=255)).check().data
             )
             if inquiry.peripheral_qualifier != 0:
                 continue
             size = block = 0
             if inquiry.device_type == 0:  # direct-access block device
-                capacity = await conn.execute(scsi.read_capacity16(), lun=number, read_length=32)
+                capacity = await self.execute(scsi.read_capacity16(), lun=number, read_length=32)
                 if capacity.status == 0:
                     parsed = scsi.parse_read_capacity16(capacity.data)
                     size, block = parsed.size_bytes, parsed.block_size
@@ -144,14 +154,17 @@ class Session:
 
     async def logout(self) -> None:
         conn = self.connection
+        alive = conn is not None and conn.alive
+        await self.recovery.close()
         if conn is None:
             return
-        self.state = "LOGGING OUT"
-        try:
-            await conn.logout(timeout=self.logout_timeout)
-        finally:
+        if alive:
+            try:
+                await conn.logout(timeout=self.logout_timeout)
+            finally:
+                conn.close()
+        else:
             conn.close()
-            self.state = "LOGGED OUT"
 
     @property
     def alive(self) -> bool:
@@ -162,7 +175,7 @@ class Session:
         login = self.connection.login_result if self.connection is not None else None
         if login is not None and login.target_portal_group_tag is not None:
             tpgt = login.target_portal_group_tag
-        state = self.state if self.state != "LOGGED IN" or self.alive else "FAILED"
+        state = self.state.value.replace("_", " ")
         return {
             "sid": self.sid,
             "target": self.target,

@@ -1,0 +1,243 @@
+"""Keeping one session alive: notice a lost connection, log in again, hold I/O meanwhile.
+
+Error recovery level 0 as RFC 7143 section 6.3.5 and open-iscsi do it: close the connection,
+wait DefaultTime2Wait, connect and log in again with the SAME ISID and TSIH 0 (session
+reinstatement, so the target drops the old session instead of leaking it), back off
+exponentially with jitter between attempts, and retry until logged out. Commands caught by
+the outage, and commands submitted during it, wait and are issued again on the new
+connection; after ``replacement_timeout`` they fail with :class:`ReplacementTimeout`, and
+recovery goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from pyiscsid.protocol.errors import ISCSIError, ProtocolError
+
+from .driver import CommandResult, ConnectionLostError, IscsiConnection
+
+BACKOFF_FIRST = 1.0  # seconds before the second attempt (the first waits Time2Wait)
+BACKOFF_CAP = 30.0
+LOG_EVERY_ATTEMPTS = 10  # during a long outage, one line per this many failed attempts
+
+
+class SessionState(enum.Enum):
+    """What `pyiscsiadm -m session -P 1` shows as the session state."""
+
+    FREE = "FREE"
+    LOGGED_IN = "LOGGED_IN"
+    FAILED = "FAILED"
+    REOPEN = "REOPEN"
+    LOGGED_OUT = "LOGGED_OUT"
+
+
+# The one place that says which state may follow which.
+_NEXT: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.FREE: frozenset({SessionState.LOGGED_IN, SessionState.LOGGED_OUT}),
+    SessionState.LOGGED_IN: frozenset({SessionState.FAILED, SessionState.LOGGED_OUT}),
+    SessionState.FAILED: frozenset({SessionState.REOPEN, SessionState.LOGGED_OUT}),
+    SessionState.REOPEN: frozenset(
+        {SessionState.LOGGED_IN, SessionState.FAILED, SessionState.LOGGED_OUT}
+    ),
+    SessionState.LOGGED_OUT: frozenset(),
+}
+
+
+class ReplacementTimeout(ISCSIError):
+    """The session stayed down longer than node.session.timeo.replacement_timeout."""
+
+    control_code = "timeout"
+
+
+class SessionLoggedOut(ISCSIError):
+    """The session was logged out while the command waited."""
+
+
+def backoff(attempt: int, rng: Callable[[], float] = random.random) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1, 2, ...): doubling up to a cap,
+    with +-25% jitter so that many sessions of one target do not retry in step."""
+    base = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 1))
+    return base * (0.75 + 0.5 * rng())
+
+
+class Recovery:
+    """The connection of one session, replaced whenever it is lost, until logout."""
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[IscsiConnection]],
+        *,
+        replacement_timeout: float,
+        log: Any,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._connect = connect
+        self.replacement_timeout = replacement_timeout
+        self.log = log
+        self._clock = clock
+        self.state = SessionState.FREE
+        self.connection: IscsiConnection | None = None
+        self._up = asyncio.Event()
+        self._kick = asyncio.Event()  # a link came back: retry now (linkwatch)
+        self._task: asyncio.Task[None] | None = None
+        self.failed_at: float | None = None
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self._watchers: list[asyncio.Future[None]] = []
+
+    def _move(self, new: SessionState) -> None:
+        if new is not self.state and new not in _NEXT[self.state]:
+            raise AssertionError(f"session state {self.state.name} -> {new.name}")
+        self.state = new
+        watchers, self._watchers = self._watchers, []
+        for watcher in watchers:
+            if not watcher.done():
+                watcher.set_result(None)
+
+    async def wait_for(self, *states: SessionState, timeout: float) -> None:
+        """Until the session is in one of ``states``; TimeoutError after ``timeout``."""
+        async with asyncio.timeout(timeout):
+            while self.state not in states:
+                watcher = asyncio.get_running_loop().create_future()
+                self._watchers.append(watcher)
+                await watcher
+
+    # ---------------------------------------------------------------- lifecycle
+
+    def attach(self, connection: IscsiConnection) -> None:
+        """The first login succeeded: watch the connection from now on."""
+        self.connection = connection
+        self._move(SessionState.LOGGED_IN)
+        self._up.set()
+        self._task = asyncio.create_task(self._run(), name="session-recovery")
+
+    async def _run(self) -> None:
+        while self.state is not SessionState.LOGGED_OUT:
+            connection = self.connection
+            assert connection is not None
+            await connection.wait_closed()
+            if self.state is SessionState.LOGGED_OUT:
+                return
+            await self._recover(connection)
+
+    def connection_lost(self, connection: IscsiConnection, reason: str) -> None:
+        """Called by whoever notices first (the watcher, or a command that failed)."""
+        if self.state is SessionState.LOGGED_IN and connection is self.connection:
+            self._move(SessionState.FAILED)
+            self._up.clear()
+            self.failed_at = self._clock()
+            self.last_error = reason
+            self.log.warning("session failed", reason=reason, ISCSI_EVENT="session_failed")
+
+    async def _recover(self, lost: IscsiConnection) -> None:
+        self.connection_lost(lost, lost.close_reason or "connection closed")
+        params = lost.login_result.parameters if lost.login_result is not None else None
+        delay = float(params.default_time2wait) if params is not None else 2.0
+        attempt = 0
+        started = self._clock()
+        while self.state is not SessionState.LOGGED_OUT:
+            self._kick.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), delay)
+            if self.state is SessionState.LOGGED_OUT:
+                return
+            attempt += 1
+            self._move(SessionState.REOPEN)
+            if attempt == 1 or attempt % LOG_EVERY_ATTEMPTS == 0:
+                self.log.info("reconnecting", attempt=attempt, ISCSI_EVENT="reconnecting")
+            try:
+                connection = await self._connect()
+            except ISCSIError as exc:
+                self.last_error = str(exc)
+                self._move(SessionState.FAILED)
+                if attempt == 1 or attempt % LOG_EVERY_ATTEMPTS == 0:
+                    self.log.warning(
+                        "reconnect failed", attempt=attempt, reason=str(exc),
+                        ISCSI_EVENT="reconnect_failed",
+                    )  # fmt: skip
+                delay = backoff(attempt)
+                continue
+            if self.state is SessionState.LOGGED_OUT:  # logged out while we logged in
+                await _quiet_logout(connection)
+                return
+            self.connection = connection
+            self.reconnects += 1
+            self._move(SessionState.LOGGED_IN)
+            self._up.set()
+            self.log.info(
+                "session recovered", attempts=attempt,
+                seconds=round(self._clock() - started, 3), ISCSI_EVENT="recovered",
+            )  # fmt: skip
+            return
+
+    def kick(self) -> None:
+        """Retry at once instead of waiting for the backoff (a link came back up)."""
+        self._kick.set()
+
+    async def close(self) -> None:
+        """Logged out (or giving up): stop recovering; waiting commands fail."""
+        if self.state is not SessionState.LOGGED_OUT:
+            self._move(SessionState.LOGGED_OUT)
+        self._up.set()  # wake waiters so that they see LOGGED_OUT
+        self._kick.set()
+        task = self._task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    # ---------------------------------------------------------------- I/O
+
+    async def execute(self, **command: Any) -> CommandResult:
+        """Run a SCSI command on the current connection, holding it through outages.
+
+        A command is only reported done when the target said so; one that was in flight
+        when the connection failed is issued again on the next connection.
+        """
+        while True:
+            connection = await self._usable()
+            try:
+                return await connection.execute(**command)
+            except (ConnectionLostError, ProtocolError) as exc:
+                self.connection_lost(connection, str(exc))
+
+    async def _usable(self) -> IscsiConnection:
+        while True:
+            if self.state is SessionState.LOGGED_OUT:
+                raise SessionLoggedOut("the session was logged out")
+            connection = self.connection
+            if self.state is SessionState.LOGGED_IN and connection is not None:
+                if connection.alive:
+                    return connection
+                self.connection_lost(connection, connection.close_reason or "connection lost")
+                continue
+            remaining = self._replacement_remaining()
+            if remaining is not None and remaining <= 0:
+                raise ReplacementTimeout(
+                    f"the session has been down for over {self.replacement_timeout:g} s "
+                    f"(node.session.timeo.replacement_timeout); last error: {self.last_error}"
+                )
+            try:
+                await asyncio.wait_for(self._up.wait(), remaining)
+            except TimeoutError:
+                continue
+
+    def _replacement_remaining(self) -> float | None:
+        """Seconds until held commands fail; None to hold them forever (a negative timeout)."""
+        if self.replacement_timeout < 0:
+            return None
+        failed = self.failed_at if self.failed_at is not None else self._clock()
+        return failed + self.replacement_timeout - self._clock()
+
+
+async def _quiet_logout(connection: IscsiConnection) -> None:
+    try:
+        await connection.logout()
+    except (ISCSIError, TimeoutError):
+        connection.close()

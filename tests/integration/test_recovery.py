@@ -1,0 +1,221 @@
+"""Faults against a real tgtd while a writer writes checksummed blocks through a session:
+the session must notice, log in again with the same ISID, reissue what was in flight, and
+every write the target acknowledged must be in the backing file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import struct
+import time
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from pyiscsid.daemon.recovery import ReplacementTimeout, SessionState
+from pyiscsid.daemon.session import Session
+from pyiscsid.protocol import scsi
+from pyiscsid.protocol.config import ConnectionConfig
+from pyiscsid.protocol.discovery import parse_portal
+from pyiscsid.protocol.errors import ISCSIError
+
+from tests.conftest import TgtDisk
+
+pytestmark = pytest.mark.tgtd
+
+INITIATOR = "iqn.2026-11.test.pyiscsid:recovery"
+BLOCK = 4096
+SECTORS = BLOCK // 512
+NOP_INTERVAL = 1.0
+NOP_TIMEOUT = 1.0
+WRITERS = 4
+BLOCKS_PER_WRITER = 64
+TIMEOUT = 30.0
+
+
+def make_session(tgt: TgtDisk, *, replacement_timeout: float = 60) -> Session:
+    config = ConnectionConfig(
+        INITIATOR,
+        tgt.iqn,
+        isid=Session.new_isid(),
+        noop_out_interval=NOP_INTERVAL,
+        noop_out_timeout=NOP_TIMEOUT,
+    )
+    return Session(
+        1,
+        tgt.iqn,
+        parse_portal(tgt.portal),
+        config,
+        login_timeout=3,
+        logout_timeout=5,
+        timeouts={"replacement_timeout": replacement_timeout},
+    )
+
+
+def block_for(lba: int, sequence: int) -> bytes:
+    """A block that names itself: its LBA, a sequence number, random bytes, a CRC."""
+    body = struct.pack(">QQ", lba, sequence) + os.urandom(BLOCK - 20)
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+@dataclass
+class Writer:
+    """Writers on disjoint LBA ranges, several commands in flight at any time."""
+
+    session: Session
+    acked: dict[int, bytes] = field(default_factory=dict)
+    errors: list[ISCSIError] = field(default_factory=list)
+    acks: list[float] = field(default_factory=list)  # monotonic time of each acknowledgement
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _progress: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _one(self, first_lba: int) -> None:
+        sequence = 0
+        while not self.stop.is_set():
+            lba = first_lba + (sequence % BLOCKS_PER_WRITER) * SECTORS
+            data = block_for(lba, sequence)
+            try:
+                result = await self.session.execute(
+                    scsi.write10(lba, SECTORS), lun=1, data_out=data
+                )
+                result.check()
+                self.acked[lba] = data
+                self.acks.append(time.monotonic())
+            except ISCSIError as exc:
+                self.errors.append(exc)
+                await asyncio.sleep(0.05)  # pacing after a failure, not synchronisation
+            sequence += 1
+            self._progress.set()
+
+    async def wait_acks(self, count: int, timeout: float = TIMEOUT) -> None:
+        """Until ``count`` more writes were acknowledged."""
+        goal = len(self.acks) + count
+        async with asyncio.timeout(timeout):
+            while len(self.acks) < goal:
+                self._progress.clear()
+                await self._progress.wait()
+
+    def verify(self, tgt: TgtDisk) -> None:
+        """Every acknowledged block is in the target's backing file, byte for byte."""
+        with open(tgt.backing, "rb") as f:
+            for lba, data in self.acked.items():
+                f.seek(lba * 512)
+                assert f.read(BLOCK) == data, f"LBA {lba} lost an acknowledged write"
+
+
+@pytest.fixture
+async def running(tgt: TgtDisk) -> AsyncIterator[tuple[Session, Writer, list[asyncio.Task[None]]]]:
+    session = make_session(tgt)
+    await session.login()
+    writer = Writer(session)
+    tasks = [
+        asyncio.create_task(writer._one(i * BLOCKS_PER_WRITER * SECTORS)) for i in range(WRITERS)
+    ]
+    await writer.wait_acks(50)
+    try:
+        yield session, writer, tasks
+    finally:
+        writer.stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await session.logout()
+
+
+async def finish(tgt: TgtDisk, writer: Writer, tasks: list[asyncio.Task[None]]) -> None:
+    await writer.wait_acks(100)
+    writer.stop.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert writer.errors == []
+    writer.verify(tgt)
+
+
+async def in_thread(function: object, *args: object) -> None:
+    await asyncio.to_thread(function, *args)  # type: ignore[arg-type]
+
+
+async def test_frozen_target_fails_by_nop_timeout_and_recovers(
+    tgt: TgtDisk, running: tuple[Session, Writer, list[asyncio.Task[None]]]
+) -> None:
+    session, writer, tasks = running
+    fault = time.monotonic()
+    await in_thread(tgt.target.freeze)
+    await session.recovery.wait_for(SessionState.FAILED, SessionState.REOPEN, timeout=TIMEOUT)
+    detected = time.monotonic() - fault
+    assert detected < NOP_INTERVAL + NOP_TIMEOUT + 2  # a ping, then its timeout
+    await asyncio.sleep(max(0.0, 2 * NOP_TIMEOUT - detected))  # the outage lasts 2x the timeout
+    await in_thread(tgt.target.thaw)
+    thawed = time.monotonic()
+    await session.recovery.wait_for(SessionState.LOGGED_IN, timeout=TIMEOUT)
+    await writer.wait_acks(1)
+    print(
+        f"\nfrozen: detected in {detected:.2f} s, "
+        f"I/O resumed {writer.acks[-1] - thawed:.2f} s after thaw"
+    )
+    await finish(tgt, writer, tasks)
+    assert session.recovery.reconnects >= 1
+
+
+async def test_killed_and_restarted_target_loses_no_write(
+    tgt: TgtDisk, running: tuple[Session, Writer, list[asyncio.Task[None]]]
+) -> None:
+    session, writer, tasks = running
+    fault = time.monotonic()
+    await in_thread(tgt.target.kill)
+    await session.recovery.wait_for(SessionState.FAILED, SessionState.REOPEN, timeout=TIMEOUT)
+    detected = time.monotonic() - fault
+    await in_thread(tgt.target.restart)
+    restarted = time.monotonic()
+    await session.recovery.wait_for(SessionState.LOGGED_IN, timeout=TIMEOUT)
+    await writer.wait_acks(1)
+    print(
+        f"\nkilled: detected in {detected:.2f} s, "
+        f"I/O resumed {writer.acks[-1] - restarted:.2f} s after restart"
+    )
+    await finish(tgt, writer, tasks)
+
+
+async def test_connection_dropped_by_the_target_recovers_with_one_nexus(
+    tgt: TgtDisk, running: tuple[Session, Writer, list[asyncio.Task[None]]]
+) -> None:
+    session, writer, tasks = running
+    (nexus,) = tgt.sessions()
+    fault = time.monotonic()
+    await in_thread(tgt.target.drop_connection, tgt.tid, nexus.sid)
+    await session.recovery.wait_for(SessionState.FAILED, SessionState.REOPEN, timeout=TIMEOUT)
+    detected = time.monotonic() - fault
+    await session.recovery.wait_for(SessionState.LOGGED_IN, timeout=TIMEOUT)
+    await writer.wait_acks(1)
+    print(
+        f"\ndropped: detected in {detected:.2f} s, "
+        f"I/O resumed {writer.acks[-1] - fault:.2f} s after the drop"
+    )
+    await finish(tgt, writer, tasks)
+    sessions = await asyncio.to_thread(tgt.sessions)
+    assert len(sessions) == 1 and sessions[0].sid != nexus.sid  # reinstated, nothing leaked
+
+
+async def test_outage_longer_than_replacement_timeout_fails_held_io_then_recovers(
+    tgt: TgtDisk,
+) -> None:
+    session = make_session(tgt, replacement_timeout=2)
+    await session.login()
+    try:
+        await in_thread(tgt.target.freeze)
+        started = time.monotonic()
+        with pytest.raises(ReplacementTimeout, match="replacement_timeout"):
+            await asyncio.wait_for(
+                session.execute(scsi.write10(0, SECTORS), lun=1, data_out=block_for(0, 0)),
+                TIMEOUT,
+            )
+        held = time.monotonic() - started
+        assert 2 <= held < NOP_INTERVAL + NOP_TIMEOUT + 2 + 2
+        await in_thread(tgt.target.thaw)
+        await session.recovery.wait_for(SessionState.LOGGED_IN, timeout=TIMEOUT)
+        data = block_for(8, 1)
+        (await session.execute(scsi.write10(8, SECTORS), lun=1, data_out=data)).check()
+        with open(tgt.backing, "rb") as f:
+            f.seek(8 * 512)
+            assert f.read(BLOCK) == data
+        print(f"\nreplacement timeout: held I/O failed after {held:.2f} s")
+    finally:
+        await session.logout()
