@@ -366,6 +366,10 @@ class IscsiConnection(asyncio.Protocol):
         finally:
             self.close()
 
+    def abort(self, reason: str) -> None:
+        """Drop the connection now (a link went down, the target asked us to go)."""
+        self._abort(ConnectionLostError(reason))
+
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()

@@ -177,6 +177,14 @@ class Recovery:
             )  # fmt: skip
             return
 
+    def fail_now(self, reason: str) -> None:
+        """Fail the connection at once instead of waiting for a NOP-Out timeout (for example
+        because the address it uses went away); recovery then starts as for any loss."""
+        connection = self.connection
+        if self.state is SessionState.LOGGED_IN and connection is not None and connection.alive:
+            self.connection_lost(connection, reason)
+            connection.abort(reason)
+
     def kick(self) -> None:
         """Retry at once instead of waiting for the backoff (a link came back up)."""
         self._kick.set()
