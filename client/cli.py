@@ -51,6 +51,7 @@ class View(Enum):
     LOGOUT = "logout"  # Logging out of session [...] / Logout of [...] successful.
     SESSION_LIST = "session list"  # tcp: [SID] IP:PORT,TPGT IQN (non-flash)
     SESSION_TREE = "session tree"  # -m session -P 1..3
+    SESSION_STATS = "session stats"  # -m session -s: Stats for session [...] / iSCSI SNMP:
     FIRMWARE = "firmware"  # -m fw: answered locally until iBFT support lands
     RESCAN = "rescan"  # -R: answered locally, pyiscsid has no rescan operation yet
 
@@ -95,6 +96,7 @@ _FLAG = {
     "logoutall": "-U",
     "rescan": "-R",
     "show": "-S",
+    "stats": "-s",
 }
 
 _ALLOWED = {
@@ -113,7 +115,7 @@ _ALLOWED = {
         "show",
         "rescan",
     },
-    "session": {"sid", "print_level", "logout", "show", "rescan"},
+    "session": {"sid", "print_level", "logout", "show", "rescan", "stats"},
     "fw": {"login"},
 }
 
@@ -200,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  pyiscsiadm -m node [-P 0|1] [-T IQN] [-p IP[:PORT]]\n"
             "                     [-l | -u | -o new|delete|update|show [-n KEY -v VALUE] [-S]]\n"
             "  pyiscsiadm -m node -L all|automatic | -U all\n"
-            "  pyiscsiadm -m session [-P 0..3] [-r SID [-u]]\n"
+            "  pyiscsiadm -m session [-P 0..3 | -s] [-r SID [-u]]\n"
             "  pyiscsiadm -m fw\n"
             f"\nThe control socket is --socket, else ${SOCKET_ENV}, else {DEFAULT_SOCKET}."
         ),
@@ -224,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("-U", "--logoutall", choices=["all"], help="log out of every session")
     add("-R", "--rescan", action="store_true", default=None, help="rescan a session's LUNs")
     add("-S", "--show", action="store_true", default=None, help="show passwords")
+    add("-s", "--stats", action="store_true", default=None, help="session counters")
     add("-d", "--debug", type=int, metavar="LEVEL", help="accepted for iscsiadm compatibility")
     add("-V", "--version", action="version", version=f"{PROG} version {_version()}")
     add("--format", choices=["text", "json"], default="text", help="json: the daemon's result")
@@ -370,6 +373,11 @@ def _session(ns: argparse.Namespace, common: dict[str, Any]) -> Invocation:
         args = {} if ns.sid is None else {"sid": ns.sid}
         return Invocation(op=None, args=args, view=View.RESCAN, **common)
     level = ns.print_level or 0
+    if ns.stats:
+        if level:
+            raise UsageError("-s and -P cannot be used together")
+        args = {} if ns.sid is None else {"sid": ns.sid}
+        return Invocation(op="session.show", args=args, view=View.SESSION_STATS, **common)
     if level == 0 and ns.sid is None:
         return Invocation(op="session.list", args={}, view=View.SESSION_LIST, **common)
     args = {} if ns.sid is None else {"sid": ns.sid}

@@ -17,7 +17,7 @@ from pyiscsid.client import output
 from pyiscsid.client.cli import PROG, Invocation, UsageError, View, parse, usage
 from pyiscsid.client.errors import ClientError, ExitCode
 from pyiscsid.client.output import Output, Stream
-from pyiscsid.client.session_info import session_tree
+from pyiscsid.client.session_info import session_stats, session_tree
 from pyiscsid.client.transport import call
 
 
@@ -48,6 +48,8 @@ def render(invocation: Invocation, result: Mapping[str, Any]) -> Output:
             return output.session_list(result)
         case View.SESSION_TREE:
             return session_tree(result, invocation.print_level)
+        case View.SESSION_STATS:
+            return session_stats(result)
         case View.FIRMWARE | View.RESCAN:
             return output.error(invocation.view, output.local_error(invocation.view))
 

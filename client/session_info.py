@@ -25,6 +25,7 @@ from pyiscsid.client.output import (
     NO_SESSIONS,
     Output,
     colon_portal,
+    comma_portal,
     text,
 )
 
@@ -200,4 +201,34 @@ def session_tree(result: Mapping[str, Any], level: int) -> Output:
                     _negotiated(output, session)
                 if level >= 3:
                     _devices(output, session)
+    return output
+
+
+# pyiscsid's own counters, printed after iscsiadm's two blocks.
+_PYISCSID_STATS = ("reconnects", "nop_rtt_ms")
+
+
+def session_stats(result: Mapping[str, Any]) -> Output:
+    """``-m session -s``: iscsiadm's "Stats for session" block for each session, with its
+    counter names, then pyiscsid's reconnect count and last NOP-Out round trip."""
+    output = Output()
+    sessions = result.get("sessions") or []
+    if not sessions:
+        output.err(NO_SESSIONS)
+        output.fail(ExitCode.NO_OBJS_FOUND)
+        return output
+    for session in sessions:
+        stats: Mapping[str, Any] = session.get("stats") or {}
+        output.out(
+            f"Stats for session [sid: {session['sid']}, target: {session['target']}, "
+            f"portal: {comma_portal(session['portal'])}]"
+        )
+        output.out("iSCSI SNMP:")
+        for name, value in stats.items():
+            if name not in _PYISCSID_STATS:
+                output.out(f"\t{name}: {value}")
+        output.out("pyiscsid:")
+        for name in _PYISCSID_STATS:
+            value = stats.get(name)
+            output.out(f"\t{name}: {'<empty>' if value is None else value}")
     return output

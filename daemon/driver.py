@@ -264,6 +264,11 @@ class IscsiConnection(asyncio.Protocol):
     # ---------------------------------------------------------- public API
 
     @property
+    def started(self) -> bool:
+        """The TCP connection was made and the core exists."""
+        return self._core is not None
+
+    @property
     def core(self) -> Connection:
         assert self._core is not None
         return self._core
@@ -333,6 +338,16 @@ class IscsiConnection(asyncio.Protocol):
             if not (sense is not None and sense.is_unit_attention and sense.is_power_on_reset):
                 return result
         return result
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Until no command, ping or exchange is outstanding; False if ``timeout`` ran out."""
+        deadline = self._loop.time() + timeout
+        while self._waiters:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.wait(list(self._waiters.values()), timeout=remaining)
+        return True
 
     async def ping(self, data: bytes = b"") -> float:
         """NOP-Out round trip in seconds."""

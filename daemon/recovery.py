@@ -19,7 +19,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pyiscsid.protocol.errors import ISCSIError, ProtocolError
+from pyiscsid.protocol.errors import ISCSIError, ProtocolError, TaskAborted
+from pyiscsid.protocol.events import AsyncMessageReceived, Event
+from pyiscsid.protocol.pdu import AsyncEvent
+from pyiscsid.protocol.stats import ConnectionStats
 
 from .driver import CommandResult, ConnectionLostError, IscsiConnection
 
@@ -91,6 +94,9 @@ class Recovery:
         self.reconnects = 0
         self.last_error: str | None = None
         self._watchers: list[asyncio.Future[None]] = []
+        self._time2wait: float | None = None
+        self.totals = ConnectionStats()  # of the connections this session had before
+        self._background: set[asyncio.Future[None]] = set()
 
     def _move(self, new: SessionState) -> None:
         if new is not self.state and new not in _NEXT[self.state]:
@@ -113,7 +119,7 @@ class Recovery:
 
     def attach(self, connection: IscsiConnection) -> None:
         """The first login succeeded: watch the connection from now on."""
-        self.connection = connection
+        self._use(connection)
         self._move(SessionState.LOGGED_IN)
         self._up.set()
         self._task = asyncio.create_task(self._run(), name="session-recovery")
@@ -136,10 +142,51 @@ class Recovery:
             self.last_error = reason
             self.log.warning("session failed", reason=reason, ISCSI_EVENT="session_failed")
 
+    def _use(self, connection: IscsiConnection) -> None:
+        old = self.connection
+        if old is not None and old is not connection and old.started:
+            self.totals.add(old.core.stats)
+        self.connection = connection
+        connection.on_event = self._on_event
+
+    def _on_event(self, event: Event) -> None:
+        """Asynchronous Messages (RFC 7143 section 11.9.1) that concern the session."""
+        if not isinstance(event, AsyncMessageReceived):
+            return
+        connection = self.connection
+        code = event.async_event
+        self.log.info(
+            "async message", async_event=code, parameter1=event.parameter1,
+            parameter2=event.parameter2, parameter3=event.parameter3, ISCSI_EVENT="async",
+        )  # fmt: skip
+        if connection is None or self.state is not SessionState.LOGGED_IN:
+            return
+        if code in (AsyncEvent.LOGOUT_REQUESTED, AsyncEvent.NEGOTIATION_REQUESTED):
+            # Log out within Parameter3 seconds, then log in again (we do not renegotiate
+            # in full-feature phase): the target keeps serving what is in flight meanwhile.
+            self.connection_lost(connection, f"target asked for a logout (event {code})")
+            self._detached(self._logout_for_recovery(connection, float(event.parameter3)))
+        elif code in (AsyncEvent.CONNECTION_DROP, AsyncEvent.SESSION_DROP):
+            # The target drops us; Parameter2 is the Time2Wait to honour before reconnecting.
+            self._time2wait = float(event.parameter2)
+            self.connection_lost(connection, f"target is dropping the connection (event {code})")
+            connection.abort(f"target dropped the connection (async event {code})")
+
+    def _detached(self, coroutine: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _logout_for_recovery(self, connection: IscsiConnection, within: float) -> None:
+        await connection.wait_idle(max(within - 1.0, 0.0))
+        await _quiet_logout(connection)
+
     async def _recover(self, lost: IscsiConnection) -> None:
         self.connection_lost(lost, lost.close_reason or "connection closed")
         params = lost.login_result.parameters if lost.login_result is not None else None
         delay = float(params.default_time2wait) if params is not None else 2.0
+        if self._time2wait is not None:  # the target said how long, in an async message
+            delay, self._time2wait = self._time2wait, None
         attempt = 0
         started = self._clock()
         while self.state is not SessionState.LOGGED_OUT:
@@ -167,7 +214,7 @@ class Recovery:
             if self.state is SessionState.LOGGED_OUT:  # logged out while we logged in
                 await _quiet_logout(connection)
                 return
-            self.connection = connection
+            self._use(connection)
             self.reconnects += 1
             self._move(SessionState.LOGGED_IN)
             self._up.set()
@@ -185,6 +232,14 @@ class Recovery:
             self.connection_lost(connection, reason)
             connection.abort(reason)
 
+    def stats(self) -> dict[str, Any]:
+        """Counters over the session's whole life, every connection included."""
+        total = ConnectionStats()
+        total.add(self.totals)
+        if self.connection is not None and self.connection.started:
+            total.add(self.connection.core.stats)
+        return {**total.snapshot(), "reconnects": self.reconnects}
+
     def kick(self) -> None:
         """Retry at once instead of waiting for the backoff (a link came back up)."""
         self._kick.set()
@@ -195,6 +250,8 @@ class Recovery:
             self._move(SessionState.LOGGED_OUT)
         self._up.set()  # wake waiters so that they see LOGGED_OUT
         self._kick.set()
+        for background in list(self._background):
+            background.cancel()
         task = self._task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -214,6 +271,10 @@ class Recovery:
                 return await connection.execute(**command)
             except (ConnectionLostError, ProtocolError) as exc:
                 self.connection_lost(connection, str(exc))
+            except TaskAborted as exc:
+                if connection.alive:  # aborted by task management: the caller must know
+                    raise
+                self.connection_lost(connection, str(exc))  # ended by a logout: issue again
 
     async def _usable(self) -> IscsiConnection:
         while True:

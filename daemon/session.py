@@ -200,5 +200,6 @@ class Session:
             initiator_name=self.config.initiator_name,
             local_address=self.connection.local_address if self.connection else None,
             luns=[lun.as_dict() for lun in self.luns],
+            stats=self.recovery.stats(),
         )
         return info

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from .config import ConnectionConfig
 from .errors import (
     CommandRejected,
+    DigestError,
     InitiatorProtocolError,
     TargetFailure,
     TargetProtocolError,
@@ -58,6 +59,7 @@ from .pdu import (
     LogoutResponse,
     NopIn,
     NopOut,
+    Opcode,
     Pdu,
     Reject,
     RejectReason,
@@ -73,6 +75,7 @@ from .pdu import (
     TextResponse,
 )
 from .serial import sn_add, sn_ge, sn_gt, sn_le, sn_lt
+from .stats import ConnectionStats
 from .tasks import UNSOLICITED, ScsiTask
 from .text import TextAssembler, encode_text, split_text
 
@@ -160,6 +163,7 @@ class Connection:
         self.exp_cmd_sn = self.cmd_sn
         self.max_cmd_sn = self.cmd_sn
         self.exp_stat_sn = 0
+        self.stats = ConnectionStats()
         self._out: list[Buffer] = []
         self._header_digest = False
         self._data_digest = False
@@ -193,6 +197,9 @@ class Connection:
     # ----------------------------------------------------------------- output
 
     def _send(self, pdu: Pdu) -> None:
+        self.stats.sent[pdu.opcode] += 1
+        if pdu.opcode in (Opcode.SCSI_COMMAND, Opcode.DATA_OUT):
+            self.stats.txdata_octets += len(pdu.data)
         self._out.extend(
             encode_pdu(pdu, header_digest=self._header_digest, data_digest=self._data_digest)
         )
@@ -438,6 +445,7 @@ class Connection:
         if self._pings:
             itt, sent = min(self._pings.items(), key=lambda item: item[1])
             self._pings.clear()
+            self.stats.timeout_err += 1
             self._move(_Input.FAILURE)
             return [PingTimedOut(itt, now - sent)]
         self.ping(now=now)
@@ -460,7 +468,9 @@ class Connection:
             # Stop at the end of the login or the logout: what follows is not ours to judge.
             while not self._ended and (pdu := self._reader.next_pdu()) is not None:
                 self._handle(pdu, now, events)
-        except TargetProtocolError:
+        except TargetProtocolError as exc:
+            if isinstance(exc, DigestError):
+                self.stats.digest_err += 1
             self._move(_Input.FAILURE)
             self._out.clear()
             raise
@@ -474,6 +484,9 @@ class Connection:
         return self.state is ConnectionState.LOGGED_OUT
 
     def _handle(self, pdu: Pdu, now: float, events: list[Event]) -> None:
+        self.stats.received[pdu.opcode] += 1
+        if pdu.opcode == Opcode.DATA_IN:
+            self.stats.rxdata_octets += len(pdu.data)
         if self.state is ConnectionState.LOGGING_IN:
             if not isinstance(pdu, LoginResponse):
                 raise TargetProtocolError(
@@ -661,6 +674,7 @@ class Connection:
             raise TargetProtocolError(
                 f"NOP-In for task tag 0x{pdu.initiator_task_tag:08x}, which is no ping of ours"
             )
+        self.stats.last_nop_rtt = now - sent
         events.append(PingCompleted(pdu.initiator_task_tag, bytes(pdu.data), now - sent))
 
     # -- task management, text, async, reject, logout

@@ -263,3 +263,20 @@ def test_the_client_without_a_daemon_exits_20(tmp_path: Path) -> None:
     done = missing.client("-m", "session")
     assert done.returncode == 20
     assert "Is the daemon running?" in done.stderr
+
+
+def test_session_stats_count_pdus_and_octets(two_targets: TgtDisk, daemon: Daemon) -> None:
+    portal = portal_of(two_targets)
+    assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
+    assert daemon.client("-m", "node", "-T", DISK2, "-p", portal, "--login").returncode == 0
+    stats = daemon.client("-m", "session", "-s")
+    assert stats.returncode == 0, stats.stderr
+    assert (
+        stats.lines[0]
+        == f"Stats for session [sid: 1, target: {DISK2}, portal: {iscsiadm_portal(two_targets)}]"
+    )
+    counters = dict(line.strip().split(": ", 1) for line in stats.lines if line.startswith("\t"))
+    assert int(counters["scsicmd_pdus"]) >= 3  # REPORT LUNS, INQUIRY, READ CAPACITY at least
+    assert int(counters["scsirsp_pdus"]) + int(counters["datain_pdus"]) >= 3
+    assert int(counters["rxdata_octets"]) > 0
+    assert counters["reconnects"] == "0"

@@ -192,6 +192,9 @@ async def test_connection_dropped_by_the_target_recovers_with_one_nexus(
     await finish(tgt, writer, tasks)
     sessions = await asyncio.to_thread(tgt.sessions)
     assert len(sessions) == 1 and sessions[0].sid != nexus.sid  # reinstated, nothing leaked
+    stats = session.recovery.stats()
+    assert stats["reconnects"] == 1
+    assert stats["scsicmd_pdus"] >= len(writer.acks)  # counted across both connections
 
 
 async def test_outage_longer_than_replacement_timeout_fails_held_io_then_recovers(
