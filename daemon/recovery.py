@@ -79,9 +79,13 @@ class Recovery:
         *,
         replacement_timeout: float,
         log: Any,
+        verify: Callable[[IscsiConnection], Awaitable[None]] | None = None,
+        admit: Callable[[dict[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connect = connect
+        self._verify = verify  # after a relogin, before held I/O goes out again
+        self._admit = admit  # may refuse a command before each (re)issue
         self.replacement_timeout = replacement_timeout
         self.log = log
         self._clock = clock
@@ -201,6 +205,8 @@ class Recovery:
                 self.log.info("reconnecting", attempt=attempt, ISCSI_EVENT="reconnecting")
             try:
                 connection = await self._connect()
+                if self._verify is not None:
+                    await self._verify(connection)
             except ISCSIError as exc:
                 self.last_error = str(exc)
                 self._move(SessionState.FAILED)
@@ -267,6 +273,8 @@ class Recovery:
         """
         while True:
             connection = await self._usable()
+            if self._admit is not None:
+                self._admit(command)
             try:
                 return await connection.execute(**command)
             except (ConnectionLostError, ProtocolError) as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +48,7 @@ class LunInfo:
     product: str
     revision: str
     device_type: int
+    identity: tuple[str, ...] = ()  # VPD 0x80 serial and 0x83 designators, as text
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +60,32 @@ class LunInfo:
             "revision": self.revision,
             "device_type": self.device_type,
         }
+
+
+class LunIdentityChanged(ISCSIError):
+    """After a relogin the LUN answered with another serial or designator: it may be another
+    disk, so nothing more is written to it (a new login, after checking, clears this)."""
+
+
+Execute = Callable[..., Awaitable[CommandResult]]
+
+
+async def lun_identity(execute: Execute, lun: int) -> tuple[str, ...]:
+    """What names a LUN for good (SPC-4 VPD pages 0x80 and 0x83); () if it offers neither."""
+    pages = await execute(scsi.inquiry(evpd=True, page_code=0), lun=lun, read_length=255)
+    if pages.status != 0:
+        return ()
+    supported = scsi.parse_supported_vpd_pages(pages.data)
+    parts: list[str] = []
+    if 0x80 in supported:
+        page = await execute(scsi.inquiry(evpd=True, page_code=0x80), lun=lun, read_length=255)
+        if page.status == 0:
+            parts.append("serial " + scsi.parse_unit_serial_number(page.data))
+    if 0x83 in supported:
+        page = await execute(scsi.inquiry(evpd=True, page_code=0x83), lun=lun, read_length=1024)
+        if page.status == 0:
+            parts.extend(sorted(str(d) for d in scsi.parse_device_identification(page.data)))
+    return tuple(parts)
 
 
 class Session:
@@ -85,13 +113,17 @@ class Session:
         self.timeouts = timeouts or {}
         self.luns: list[LunInfo] = []
         self.logged_in_at: float | None = None
+        self.log = structlog.get_logger("pyiscsid.session").bind(
+            ISCSI_TARGET=target, ISCSI_PORTAL=portal.address_port, ISCSI_SID=sid
+        )
         self.recovery = Recovery(
             self._connect,
             replacement_timeout=float(self.timeouts.get("replacement_timeout", 120)),
-            log=structlog.get_logger("pyiscsid.session").bind(
-                ISCSI_TARGET=target, ISCSI_PORTAL=portal.address_port, ISCSI_SID=sid
-            ),
+            log=self.log,
+            verify=self._verify_luns,
+            admit=self._admit,
         )
+        self.failed_luns: dict[int, str] = {}
 
     @property
     def connection(self) -> IscsiConnection | None:
@@ -139,6 +171,7 @@ class Session:
                 if capacity.status == 0:
                     parsed = scsi.parse_read_capacity16(capacity.data)
                     size, block = parsed.size_bytes, parsed.block_size
+            identity = await lun_identity(self.execute, number)
             luns.append(
                 LunInfo(
                     number,
@@ -148,9 +181,29 @@ class Session:
                     inquiry.product,
                     inquiry.revision,
                     inquiry.device_type,
+                    identity,
                 )
             )
         return luns
+
+    async def _verify_luns(self, connection: IscsiConnection) -> None:
+        """After a relogin, before held I/O goes out: is every LUN still the same disk?"""
+        for lun in self.luns:
+            if not lun.identity or lun.lun in self.failed_luns:
+                continue
+            now = await lun_identity(connection.execute, lun.lun)
+            if now != lun.identity:
+                reason = (
+                    f"LUN {lun.lun} of {self.target} answers as {', '.join(now) or 'nothing'} "
+                    f"after the relogin, it was {', '.join(lun.identity)}: failed, not written"
+                )
+                self.failed_luns[lun.lun] = reason
+                self.log.error("lun identity changed", lun=lun.lun, ISCSI_EVENT="lun_changed")
+
+    def _admit(self, command: dict[str, Any]) -> None:
+        reason = self.failed_luns.get(command.get("lun", 0))
+        if reason is not None:
+            raise LunIdentityChanged(reason)
 
     async def logout(self) -> None:
         conn = self.connection

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 from pyiscsid.daemon.recovery import ReplacementTimeout, SessionState
-from pyiscsid.daemon.session import Session
+from pyiscsid.daemon.session import LunIdentityChanged, Session
 from pyiscsid.protocol import scsi
 from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.discovery import parse_portal
@@ -220,5 +220,33 @@ async def test_outage_longer_than_replacement_timeout_fails_held_io_then_recover
             f.seek(8 * 512)
             assert f.read(BLOCK) == data
         print(f"\nreplacement timeout: held I/O failed after {held:.2f} s")
+    finally:
+        await session.logout()
+
+
+async def test_a_lun_that_changed_identity_after_relogin_is_failed_not_written(
+    tgt: TgtDisk,
+) -> None:
+    session = make_session(tgt)
+    await session.login()
+    try:
+        (lun,) = [lun for lun in session.luns if lun.lun == 1]
+        assert any(part.startswith("serial ") for part in lun.identity)
+        # The target now presents another disk under the same LUN number.
+        await in_thread(
+            tgt.target.tgtadm, "--lld", "iscsi", "--op", "update", "--mode", "logicalunit",
+            "--tid", str(tgt.tid), "--lun", "1", "--params", "scsi_sn=OTHERDISK1",
+        )  # fmt: skip
+        (nexus,) = tgt.sessions()
+        await in_thread(tgt.target.drop_connection, tgt.tid, nexus.sid)
+        await session.recovery.wait_for(SessionState.FAILED, SessionState.REOPEN, timeout=TIMEOUT)
+        await session.recovery.wait_for(SessionState.LOGGED_IN, timeout=TIMEOUT)
+        with pytest.raises(LunIdentityChanged, match="OTHERDISK1"):
+            await session.execute(scsi.write10(16, SECTORS), lun=1, data_out=block_for(16, 0))
+        with open(tgt.backing, "rb") as f:
+            f.seek(16 * 512)
+            assert f.read(BLOCK) == bytes(BLOCK)  # nothing was written
+        # The session itself is fine: other commands (LUN 0, the controller) still work.
+        assert (await session.execute(scsi.test_unit_ready(), lun=0)).status == 0
     finally:
         await session.logout()
