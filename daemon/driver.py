@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
 
+import structlog
 from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.connection import Connection, ConnectionState
 from pyiscsid.protocol.discovery import (
@@ -41,6 +42,8 @@ from pyiscsid.protocol.events import (
 from pyiscsid.protocol.pdu import Buffer, LogoutReason, TaskAttribute, TaskManagementFunction
 from pyiscsid.protocol.scsi import ScsiCommandError, ScsiStatus, lun_to_field
 from pyiscsid.protocol.sense import Sense, SenseFormatError, parse_sense
+
+from .escalation import TaskTimeouts, rescue
 
 DEFAULT_LOGIN_TIMEOUT = 15.0  # open-iscsi's node.conn[0].timeo.login_timeout
 DEFAULT_LOGOUT_TIMEOUT = 15.0
@@ -114,6 +117,9 @@ class IscsiConnection(asyncio.Protocol):
         self._writable.set()
         self._error: ISCSIError | None = None
         self.on_event: Callable[[Event], None] | None = None  # async messages etc.
+        self.log = structlog.get_logger("pyiscsid.connection").bind(
+            ISCSI_PORTAL=portal.address_port, ISCSI_TARGET=config.target_name
+        )
 
     # ---------------------------------------------------------- asyncio.Protocol
 
@@ -315,8 +321,12 @@ class IscsiConnection(asyncio.Protocol):
         read_length: int = 0,
         read_buffer: memoryview | None = None,
         attribute: TaskAttribute = TaskAttribute.SIMPLE,
+        timeouts: TaskTimeouts | None = None,
     ) -> CommandResult:
         """Run one SCSI command; unit attentions for power on/reset are absorbed and retried.
+
+        With ``timeouts``, a command that gets no answer is rescued by task management
+        (:mod:`escalation`).
 
         A CHECK CONDITION with UNIT ATTENTION means the command was not executed, so running
         it again is safe even for a write (SAM-5 section 5.14).
@@ -332,7 +342,15 @@ class IscsiConnection(asyncio.Protocol):
                 read_buffer=read_buffer,
                 attribute=attribute,
             )
-            event: CommandCompleted = await self._await_tag(itt)
+            pending = self._await_tag(itt)
+            event: CommandCompleted
+            if timeouts is None:
+                event = await pending
+            else:
+                try:
+                    event = await asyncio.wait_for(asyncio.shield(pending), timeouts.command)
+                except TimeoutError:
+                    event = await rescue(self, itt, lun, pending, timeouts)
             sense = _sense_or_none(event.sense)
             result = CommandResult(event.status, sense, event.data, event.residual_count)
             if not (sense is not None and sense.is_unit_attention and sense.is_power_on_reset):
@@ -380,6 +398,9 @@ class IscsiConnection(asyncio.Protocol):
                 return await self._logout
         finally:
             self.close()
+
+    def log_event(self, event: str, **fields: Any) -> None:
+        self.log.warning(event, **fields)
 
     def abort(self, reason: str) -> None:
         """Drop the connection now (a link went down, the target asked us to go)."""

@@ -25,10 +25,12 @@ from pyiscsid.protocol.pdu import AsyncEvent
 from pyiscsid.protocol.stats import ConnectionStats
 
 from .driver import CommandResult, ConnectionLostError, IscsiConnection
+from .escalation import CommandTimedOut
 
 BACKOFF_FIRST = 1.0  # seconds before the second attempt (the first waits Time2Wait)
 BACKOFF_CAP = 30.0
 LOG_EVERY_ATTEMPTS = 10  # during a long outage, one line per this many failed attempts
+MAX_COMMAND_RETRIES = 5  # aborted commands issued again, as the Linux SCSI layer allows
 
 
 class SessionState(enum.Enum):
@@ -271,6 +273,7 @@ class Recovery:
         A command is only reported done when the target said so; one that was in flight
         when the connection failed is issued again on the next connection.
         """
+        retries = 0
         while True:
             connection = await self._usable()
             if self._admit is not None:
@@ -279,10 +282,16 @@ class Recovery:
                 return await connection.execute(**command)
             except (ConnectionLostError, ProtocolError) as exc:
                 self.connection_lost(connection, str(exc))
-            except TaskAborted as exc:
-                if connection.alive:  # aborted by task management: the caller must know
+            except (TaskAborted, CommandTimedOut) as exc:
+                # Aborted (by our own escalation, or by a reset that took other tasks on the
+                # LU with it) or ended by a logout: it did not complete, so issue it again,
+                # a bounded number of times as the SCSI layer does.
+                if not connection.alive:
+                    self.connection_lost(connection, str(exc))
+                    continue
+                retries += 1
+                if retries > MAX_COMMAND_RETRIES:
                     raise
-                self.connection_lost(connection, str(exc))  # ended by a logout: issue again
 
     async def _usable(self) -> IscsiConnection:
         while True:

@@ -18,6 +18,7 @@ from pyiscsid.protocol.errors import ISCSIError
 from pyiscsid.protocol.login import random_isid
 
 from .driver import CommandResult, IscsiConnection, open_connection
+from .escalation import TaskTimeouts
 from .recovery import Recovery, SessionState
 
 # RFC 7143 names of the negotiated parameters that `-m session -P 2` shows.
@@ -111,6 +112,11 @@ class Session:
         self.logout_timeout = logout_timeout
         self.chap_username = chap_username
         self.timeouts = timeouts or {}
+        self.task_timeouts = TaskTimeouts(
+            command=float(self.timeouts.get("command_timeout", 30)),
+            abort=float(self.timeouts.get("abort_timeout", 15)),
+            lu_reset=float(self.timeouts.get("lu_reset_timeout", 30)),
+        )
         self.luns: list[LunInfo] = []
         self.logged_in_at: float | None = None
         self.log = structlog.get_logger("pyiscsid.session").bind(
@@ -152,7 +158,9 @@ class Session:
             self.luns = []  # the session is usable; `-P 3` will show no LUNs
 
     async def execute(self, cdb: bytes, **command: Any) -> CommandResult:
-        """A SCSI command, held and reissued across reconnects (see :mod:`recovery`)."""
+        """A SCSI command, held and reissued across reconnects (see :mod:`recovery`), and
+        rescued by task management when it gets no answer (see :mod:`escalation`)."""
+        command.setdefault("timeouts", self.task_timeouts)
         return await self.recovery.execute(cdb=cdb, **command)
 
     async def _scan_luns(self) -> list[LunInfo]:

@@ -321,6 +321,9 @@ _TABLE: tuple[Setting, ...] = (
             rfc_key="ErrorRecoveryLevel", check=_error_recovery_level),
     _yes_no(f"{_SESSION}.iscsi.FastAbort", "Yes",
             "open-iscsi's FastAbort; kept for compatibility, not negotiated"),
+    _number(f"{_SESSION}.err_timeo.command_timeout", 30, 1, 3600,
+            "seconds a SCSI command may go unanswered before it is aborted "
+            "(the Linux SCSI layer's default timeout)"),
     _number(f"{_SESSION}.err_timeo.abort_timeout", 15, 1, 3600,
             "seconds to wait for an ABORT TASK to finish"),
     _number(f"{_SESSION}.err_timeo.lu_reset_timeout", 30, 1, 3600,
