@@ -297,11 +297,12 @@ def logins(result: Mapping[str, Any]) -> Output:
         output.err(NO_RECORDS)
         output.fail(ExitCode.NO_OBJS_FOUND)
         return output
+    already_present = False
     for entry in entries:
         if not entry.get("ok") and exit_for(entry.get("error")) == ExitCode.SESS_EXISTS:
             iface = entry.get("iface") or DEFAULT_IFACE
             output.err(f"{iface}: 1 session requested, but 1 already present.")
-            output.fail(ExitCode.SESS_EXISTS)
+            already_present = True
         else:
             output.out(f"Logging in to {_node_tag(entry)}")
     for entry in entries:
@@ -313,6 +314,8 @@ def logins(result: Mapping[str, Any]) -> Output:
             continue
         output.err(f"Could not login to {_node_tag(entry)}.")
         output.fail(_reported_error(output, error))
+    if already_present:  # recorded last: a real failure outranks "already logged in"
+        output.fail(ExitCode.SESS_EXISTS)
     if output.exit_code != ExitCode.SUCCESS:
         output.err("Could not log into all portals")
     return output

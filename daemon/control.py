@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import structlog
+from pyiscsid.daemon import settings
 from pyiscsid.daemon.driver import ConnectionLostError, LoginTimeoutError
+from pyiscsid.protocol.discovery import PortalFormatError
 from pyiscsid.protocol.errors import (
     AuthenticationError,
     InitiatorLoginError,
@@ -159,6 +161,7 @@ _ERROR_MAP: tuple[tuple[type[BaseException], str], ...] = (
     (NegotiationError, "login_failed"),
     (LoginTimeoutError, "timeout"),
     (ConnectionLostError, "transport"),
+    (PortalFormatError, "invalid"),
 )
 
 
@@ -362,7 +365,10 @@ def redact(args: Mapping[str, Any]) -> dict[str, Any]:
     """``args`` fit for a log line: secret-named arguments and the value of a secret key
     (``node.update`` with ``key`` ``node.session.auth.password``) become ``********``."""
     key = args.get("key")
-    secret_value = isinstance(key, str) and _is_secret_name(key)
+    # A value is shown only for a known setting that is not a secret: a misspelled key
+    # ("node.session.auth.passwrd") may well carry a password.
+    spec = settings.SETTINGS.get(key) if isinstance(key, str) else None
+    secret_value = key is not None and (spec is None or spec.secret)
     out: dict[str, Any] = {}
     for name, value in args.items():
         if _is_secret_name(name) or (secret_value and name == "value"):

@@ -154,6 +154,7 @@ class IscsiConnection(asyncio.Protocol):
             + (f": {exc}" if exc is not None else " by the target")
         )
         self._fail_all(error)
+        self._writable.set()  # a writer waiting for buffer space must see the loss, not hang
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -382,9 +383,20 @@ class IscsiConnection(asyncio.Protocol):
         response: int = await self._await_tag(itt)
         return response
 
-    async def text(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    async def text(
+        self, pairs: Sequence[tuple[str, str]], *, timeout: float
+    ) -> list[tuple[str, str]]:
+        """A Text Request exchange; a target that does not answer in time drops the
+        connection (a discovery session has no pings to notice a dead target)."""
         itt = self._core_ready().send_text(pairs)
-        answer: list[tuple[str, str]] = await self._await_tag(itt)
+        try:
+            async with asyncio.timeout(timeout):
+                answer: list[tuple[str, str]] = await self._await_tag(itt)
+        except TimeoutError:
+            self.abort(f"no answer to a Text Request from {self.portal.address_port}")
+            raise LoginTimeoutError(
+                f"{self.portal.address_port} did not answer a Text Request in {timeout:g} s"
+            ) from None
         return answer
 
     async def logout(self, timeout: float = DEFAULT_LOGOUT_TIMEOUT) -> LogoutCompleted:
@@ -456,10 +468,10 @@ async def discover(
     config = replace(config, target_name=None, noop_out_interval=0)
     conn = await open_connection(portal, config, login_timeout=login_timeout)
     try:
-        pairs = await conn.text(send_targets_request("All"))
+        pairs = await conn.text(send_targets_request("All"), timeout=login_timeout)
     finally:
         try:
-            await conn.logout()
-        except ISCSIError:
+            await conn.logout(timeout=login_timeout)
+        except (ISCSIError, TimeoutError):
             conn.close()
     return parse_send_targets(pairs, portal)

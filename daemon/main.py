@@ -10,7 +10,9 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import structlog
 import uvloop
@@ -18,7 +20,7 @@ from pyiscsid.protocol.errors import ISCSIError
 
 from . import logs
 from .config import load_config
-from .control import ControlServer
+from .control import DEFAULT_SOCKET, ControlServer
 from .identity import load_or_create_initiator_name
 from .nodedb import NodeDB
 from .supervisor import VERSION, Supervisor
@@ -26,7 +28,6 @@ from .supervisor import VERSION, Supervisor
 DEFAULT_CONFIG = "/etc/pyiscsid/pyiscsid.conf"
 DEFAULT_INITIATOR_NAME = "/etc/pyiscsid/initiatorname.iscsi"
 DEFAULT_STATE_DIR = "/var/lib/pyiscsid"
-DEFAULT_SOCKET = "/run/pyiscsid/control.sock"
 SHUTDOWN_TIMEOUT = 30.0
 
 
@@ -71,6 +72,7 @@ async def run(args: argparse.Namespace) -> None:
             state_dir=args.state_dir, nodes=len(nodedb.nodes()),
         )  # fmt: skip
         logins = asyncio.create_task(supervisor.login_automatic())
+        logins.add_done_callback(_report_logins(log))
         await stop.wait()
         log.info("stopping", sessions=len(supervisor.sessions))
         logins.cancel()
@@ -86,6 +88,20 @@ async def run(args: argparse.Namespace) -> None:
         nodedb.close()
 
 
+def _report_logins(log: Any) -> Callable[[asyncio.Task[list[dict[str, Any]]]], None]:
+    def report(task: asyncio.Task[list[dict[str, Any]]]) -> None:
+        if task.cancelled():
+            return
+        if task.exception() is not None:
+            log.error("automatic logins failed", reason=str(task.exception()))
+            return
+        results = task.result()
+        failed = [r for r in results if not r["ok"]]
+        log.info("automatic logins done", nodes=len(results), failed=len(failed))
+
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logs.configure(args.log)
@@ -93,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         uvloop.run(run(args))
     except ISCSIError as exc:
         print(f"pyiscsid: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a path it cannot create or open: say which, no traceback
+        print(f"pyiscsid: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -8,6 +8,8 @@ objects that the README's control API documents.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import importlib.metadata
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,7 +25,10 @@ from .driver import discover
 from .nodedb import NodeDB, NodeRecord
 from .session import Session
 
-VERSION = "0.1.0"
+try:
+    VERSION = importlib.metadata.version("pyiscsid")
+except importlib.metadata.PackageNotFoundError:  # running from a tree that is not installed
+    VERSION = "unknown"
 
 # What `-m session -P 2` shows under "Timeouts:", and the node settings they come from.
 _TIMEOUTS = (
@@ -39,8 +44,7 @@ _TIMEOUTS = (
 
 
 def _error_dict(exc: BaseException) -> dict[str, Any]:
-    error = error_for(exc)
-    return {"code": error.code, "exit": error.exit, "message": str(error)}
+    return error_for(exc).to_json()
 
 
 def _portal_text(record: NodeRecord) -> str:
@@ -152,7 +156,7 @@ class Supervisor:
         return {"nodes": [self._node_summary(r) for r in self.nodedb.nodes()]}
 
     async def _node_show(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        reveal = bool(args.get("secrets")) and peer.uid == 0
+        reveal = bool(args.get("secrets")) and peer.may_change
         nodes = []
         for record in self._records(args):
             values = dict(record.settings) if reveal else settings.mask(record.settings)
@@ -176,6 +180,11 @@ class Supervisor:
     async def _node_delete(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         records = self._records(args)
         for record in records:
+            if (record.target, record.portal) in self._busy:
+                raise SessionExists(
+                    f"a login or logout of [target: {record.target}, portal: {record.portal}] "
+                    "is under way: try again when it has finished"
+                )
             for session in self.sessions.values():
                 if (session.target, session.portal.address_port) == (record.target, record.portal):
                     raise SessionExists(
@@ -199,6 +208,7 @@ class Supervisor:
             entry.update(ok=False, error=_error_dict(SessionExists("session already present")))
             return entry
         self._busy.add(key)
+        session: Session | None = None
         try:
             session = self._new_session(record)
             for attempt in range(1, attempts + 1):
@@ -220,7 +230,10 @@ class Supervisor:
                 ISCSI_SID=session.sid, ISCSI_EVENT="login", luns=len(session.luns),
             )  # fmt: skip
             entry.update(ok=True, sid=session.sid)
-        except ISCSIError as exc:
+        except Exception as exc:  # a bug must not lose the other logins, nor a session
+            if session is not None and session.sid not in self.sessions:
+                with contextlib.suppress(Exception):  # half done (the LUN scan failed...)
+                    await session.logout()
             self.log.warning(
                 "login failed", reason=str(exc), ISCSI_TARGET=record.target,
                 ISCSI_PORTAL=record.portal, ISCSI_EVENT="login_failed",
@@ -319,6 +332,8 @@ class Supervisor:
             sessions = list(self.sessions.values())
         else:
             wanted = {(r.target, r.portal) for r in self._records(args)}
+            if wanted & self._busy:
+                raise SessionExists("a login to that node is under way: try again when it is done")
             sessions = [
                 s for s in self.sessions.values() if (s.target, s.portal.address_port) in wanted
             ]

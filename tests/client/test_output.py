@@ -1107,3 +1107,24 @@ def test_run_result_missing_fields_is_one_line_not_a_traceback(
     assert errs == (
         "pyiscsiadm: malformed result from pyiscsid for session.list: KeyError: 'portal'\n"
     )
+
+
+def test_a_real_login_failure_outranks_an_existing_session() -> None:
+    """`-L all` with one node logged in already and one failing CHAP exits 24, not 15."""
+    result = {
+        "logins": [
+            {
+                "target": IQN1,
+                "portal": PORTAL,
+                "ok": False,
+                "error": err("session_exists", 15, "x"),
+            },
+            {
+                "target": IQN1 + "b",
+                "portal": PORTAL,
+                "ok": False,
+                "error": err("auth_failed", 24, "y"),
+            },
+        ]
+    }
+    assert output.logins(result).exit_code == 24

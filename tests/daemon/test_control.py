@@ -965,3 +965,20 @@ async def test_missing_control_group_allows_only_root(
         assert len(log.find("control.group_missing")) == 1
     finally:
         await srv.close()
+
+
+def test_a_misspelled_secret_key_does_not_leak_its_value_into_the_log() -> None:
+    """Only a known, non-secret setting has its value logged: a typo may hide a password."""
+    from pyiscsid.daemon.control import REDACTED, redact
+
+    typo = redact({"key": "node.session.auth.passwrd", "value": "secretpass12"})
+    assert typo["value"] == REDACTED
+    known = redact({"key": "node.startup", "value": "automatic"})
+    assert known["value"] == "automatic"
+
+
+def test_a_bad_portal_is_an_invalid_request() -> None:
+    from pyiscsid.daemon.control import error_for
+    from pyiscsid.protocol.discovery import PortalFormatError
+
+    assert error_for(PortalFormatError("portal 'bad!host': not a host name")).code == "invalid"
