@@ -1,7 +1,8 @@
 """A throwaway tgtd target on loopback, for `make run`, the tests and the benchmarks.
 
 Each :class:`TgtTarget` is one private ``tgtd -f -C N`` listening only on
-``127.0.0.1:PORT``, with its own control number ``N`` and its own log file. It
+``127.0.0.1:PORT`` (or another ``address``, possibly inside a network namespace,
+for link faults), with its own control number ``N`` and its own log file. It
 is configured with ``tgtadm`` (every call under a subprocess timeout, so a
 frozen tgtd cannot hang the suite) and remembers every configuration command,
 so that :meth:`TgtTarget.restart` can bring back the same targets, LUNs,
@@ -23,6 +24,9 @@ Facts about tgt 1.0.85 (Debian 12) that this module relies on, all measured:
 * If the portal's port is taken, tgtd does NOT exit: it logs "unable to bind
   server socket, Address already in use" and falls back to listening on
   ``0.0.0.0:3260`` and ``[::]:3260``. So after start we check the portal list.
+* In a network namespace (``ip netns exec NS tgtd ...``, which execs tgtd in
+  place: same pid), tgtadm from the host still reaches tgtd: the control socket
+  is a filesystem path, and ``ip netns exec`` shares /var/run.
 * While tgtd is stopped (SIGSTOP), tgtadm hangs (the kernel accepts on the
   Unix socket); TCP connects to the portal succeed too and the iSCSI login
   waits until SIGCONT, then completes.
@@ -359,6 +363,9 @@ class _Record:
 class TgtTarget:
     """One private tgtd on ``127.0.0.1:<free port>`` with its own control number.
 
+    ``address`` makes it listen elsewhere; ``netns`` runs it in that network namespace
+    (``ip netns add NAME``, with ``address`` configured there), for link-down faults.
+
     Use as a context manager, or call :meth:`start` and :meth:`stop`::
 
         with TgtTarget(workdir=tmp_path) as t:
@@ -377,8 +384,13 @@ class TgtTarget:
         port: int | None = None,
         control: int | None = None,
         debug: bool = False,
+        address: str = LOOPBACK,
+        netns: str | None = None,
     ) -> None:
         require_tgt()
+        self._address = address
+        self.netns = netns
+        self._ip = tool_path("ip") if netns is not None else None
         self._tgtd = tool_path("tgtd")
         self._tgtadm = tool_path("tgtadm")
         self.workdir = (
@@ -403,7 +415,7 @@ class TgtTarget:
 
     @property
     def address(self) -> str:
-        return LOOPBACK
+        return self._address
 
     @property
     def port(self) -> int:
@@ -413,7 +425,7 @@ class TgtTarget:
 
     @property
     def portal(self) -> str:
-        """``127.0.0.1:PORT``."""
+        """``ADDRESS:PORT`` (``127.0.0.1:PORT`` by default)."""
         return f"{self.address}:{self.port}"
 
     @property
@@ -480,7 +492,7 @@ class TgtTarget:
         fixed = self._fixed_control is not None or self._fixed_port is not None
         for _ in range(1 if fixed else START_ATTEMPTS):
             control = self._fixed_control or self._pick_control()
-            port = self._fixed_port or free_tcp_port(self.address)
+            port = self._fixed_port or self._pick_port()
             outcome = self._launch(control, port)
             if outcome is None:
                 return self
@@ -494,6 +506,13 @@ class TgtTarget:
                 return n
         raise TgtError(f"no free tgtd control number: {TGTD_SOCKET_DIR} is full of sockets")
 
+    def _pick_port(self) -> int:
+        if self.netns is None:
+            return free_tcp_port(self.address)
+        # Our address lives in the namespace, not here; nothing else listens in a fresh one,
+        # and a clash would show in _check_portal.
+        return free_tcp_port(LOOPBACK)
+
     def _argv(self, port: int, control: int) -> list[str]:
         iscsi = f"portal={self.address}:{port}"
         if self.nop_interval is not None:
@@ -503,6 +522,8 @@ class TgtTarget:
         argv = [self._tgtd, "-f", "-C", str(control), "--iscsi", iscsi]
         if self.debug:
             argv += ["-d", "1"]
+        if self._ip is not None and self.netns is not None:
+            argv = [self._ip, "netns", "exec", self.netns, *argv]  # exec: same pid as tgtd
         return argv
 
     def _launch(self, control: int, port: int) -> str | None:

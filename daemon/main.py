@@ -22,6 +22,7 @@ from . import logs
 from .config import load_config
 from .control import DEFAULT_SOCKET, ControlServer
 from .identity import load_or_create_initiator_name
+from .linkwatch import LinkWatch
 from .nodedb import NodeDB
 from .supervisor import VERSION, Supervisor
 
@@ -71,12 +72,17 @@ async def run(args: argparse.Namespace) -> None:
             "started", initiator_name=initiator_name, socket=args.socket,
             state_dir=args.state_dir, nodes=len(nodedb.nodes()),
         )  # fmt: skip
+        links = LinkWatch(
+            on_address_lost=supervisor.address_lost, on_link_up=supervisor.link_up, log=log
+        )
+        await links.start()  # without netlink it says so once, and pings do the work
         logins = asyncio.create_task(supervisor.login_automatic())
         logins.add_done_callback(_report_logins(log))
         await stop.wait()
         log.info("stopping", sessions=len(supervisor.sessions))
         logins.cancel()
         await asyncio.gather(logins, return_exceptions=True)
+        await links.close()
         await server.close()
         try:
             async with asyncio.timeout(SHUTDOWN_TIMEOUT):

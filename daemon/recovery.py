@@ -95,6 +95,7 @@ class Recovery:
         self.connection: IscsiConnection | None = None
         self._up = asyncio.Event()
         self._kick = asyncio.Event()  # a link came back: retry now (linkwatch)
+        self._closed = asyncio.Event()  # logged out: stop waiting
         self._task: asyncio.Task[None] | None = None
         self.failed_at: float | None = None
         self.reconnects = 0
@@ -195,10 +196,17 @@ class Recovery:
             delay, self._time2wait = self._time2wait, None
         attempt = 0
         started = self._clock()
+        # Time2Wait is a minimum (RFC 7143 section 13.15): a link that comes back sooner
+        # does not cut it short. Later backoffs end early on a kick, including one that
+        # came while an attempt was under way.
+        self._kick.clear()
+        await self._closing_or(asyncio.sleep(delay))
+        delay = 0.0
         while self.state is not SessionState.LOGGED_OUT:
+            if delay:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._kick.wait(), delay)
             self._kick.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), delay)
             if self.state is SessionState.LOGGED_OUT:
                 return
             attempt += 1
@@ -248,6 +256,16 @@ class Recovery:
             total.add(self.connection.core.stats)
         return {**total.snapshot(), "reconnects": self.reconnects}
 
+    async def _closing_or(self, waiting: Awaitable[None]) -> None:
+        """Wait for ``waiting``, or less if the session is logged out meanwhile."""
+        closing = asyncio.ensure_future(self._closed.wait())
+        other = asyncio.ensure_future(waiting)
+        try:
+            await asyncio.wait((closing, other), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closing.cancel()
+            other.cancel()
+
     def kick(self) -> None:
         """Retry at once instead of waiting for the backoff (a link came back up)."""
         self._kick.set()
@@ -256,6 +274,7 @@ class Recovery:
         """Logged out (or giving up): stop recovering; waiting commands fail."""
         if self.state is not SessionState.LOGGED_OUT:
             self._move(SessionState.LOGGED_OUT)
+        self._closed.set()
         self._up.set()  # wake waiters so that they see LOGGED_OUT
         self._kick.set()
         for background in list(self._background):

@@ -51,6 +51,21 @@ def _portal_text(record: NodeRecord) -> str:
     return record.portal
 
 
+def fail_sessions_using(sessions: Iterable[Session], address: str) -> None:
+    """The kernel took away a local address (or its link): fail the sessions using it now
+    instead of waiting for their NOP-Out timeout (linkwatch)."""
+    for session in sessions:
+        connection = session.connection
+        if connection is not None and connection.local_address == address:
+            session.recovery.fail_now(f"local address {address} went away")
+
+
+def kick_sessions(sessions: Iterable[Session]) -> None:
+    """A link or address came back: sessions waiting to reconnect try at once."""
+    for session in sessions:
+        session.recovery.kick()
+
+
 class Supervisor:
     """Owns the sessions; answers control requests; logs in at start, out at shutdown."""
 
@@ -363,6 +378,14 @@ class Supervisor:
 
     async def _session_logout(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"logouts": await self._logout([self._session_by_sid(args)])}
+
+    # ------------------------------------------------------------- link events
+
+    def address_lost(self, address: str) -> None:
+        fail_sessions_using(self.sessions.values(), address)
+
+    def link_up(self) -> None:
+        kick_sessions(self.sessions.values())
 
     async def shutdown(self) -> None:
         """Log out of every session, concurrently; each logout is bounded by its timeout."""
