@@ -96,6 +96,7 @@ class Recovery:
         self._up = asyncio.Event()
         self._kick = asyncio.Event()  # a link came back: retry now (linkwatch)
         self._closed = asyncio.Event()  # logged out: stop waiting
+        self._replacement_timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self.failed_at: float | None = None
         self.reconnects = 0
@@ -148,6 +149,24 @@ class Recovery:
             self.failed_at = self._clock()
             self.last_error = reason
             self.log.warning("session failed", reason=reason, ISCSI_EVENT="session_failed")
+            if self.replacement_timeout >= 0:
+                self._replacement_timer = asyncio.get_running_loop().call_later(
+                    self.replacement_timeout, self._replacement_expired
+                )
+
+    def _replacement_expired(self) -> None:
+        """Logged once per outage: from now on held and new I/O fail until the relogin."""
+        self._replacement_timer = None
+        if self.state in (SessionState.FAILED, SessionState.REOPEN):
+            self.log.error(
+                "replacement timeout expired", seconds=self.replacement_timeout,
+                reason=self.last_error, ISCSI_EVENT="replacement_timeout",
+            )  # fmt: skip
+
+    def _cancel_replacement_timer(self) -> None:
+        if self._replacement_timer is not None:
+            self._replacement_timer.cancel()
+            self._replacement_timer = None
 
     def _use(self, connection: IscsiConnection) -> None:
         old = self.connection
@@ -231,6 +250,7 @@ class Recovery:
                 await _quiet_logout(connection)
                 return
             self._use(connection)
+            self._cancel_replacement_timer()
             self.reconnects += 1
             self._move(SessionState.LOGGED_IN)
             self._up.set()
@@ -275,6 +295,7 @@ class Recovery:
         if self.state is not SessionState.LOGGED_OUT:
             self._move(SessionState.LOGGED_OUT)
         self._closed.set()
+        self._cancel_replacement_timer()
         self._up.set()  # wake waiters so that they see LOGGED_OUT
         self._kick.set()
         for background in list(self._background):

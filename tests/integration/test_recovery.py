@@ -53,6 +53,18 @@ def make_session(tgt: TgtDisk, *, replacement_timeout: float = 60) -> Session:
     )
 
 
+class _Recorder:
+    """Keeps the names of the events a session logs (a logger stand-in for assertions)."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def _record(self, event: str, **fields: object) -> None:
+        self.events.append(event)
+
+    info = warning = error = _record
+
+
 def block_for(lba: int, sequence: int) -> bytes:
     """A block that names itself: its LBA, a sequence number, random bytes, a CRC."""
     body = struct.pack(">QQ", lba, sequence) + os.urandom(BLOCK - 20)
@@ -201,6 +213,8 @@ async def test_outage_longer_than_replacement_timeout_fails_held_io_then_recover
     tgt: TgtDisk,
 ) -> None:
     session = make_session(tgt, replacement_timeout=2)
+    events: list[str] = []
+    session.recovery.log = _Recorder(events)
     await session.login()
     try:
         await in_thread(tgt.target.freeze)
@@ -220,6 +234,8 @@ async def test_outage_longer_than_replacement_timeout_fails_held_io_then_recover
             f.seek(8 * 512)
             assert f.read(BLOCK) == data
         print(f"\nreplacement timeout: held I/O failed after {held:.2f} s")
+        assert events.count("replacement timeout expired") == 1  # once per outage
+        assert events.index("session failed") < events.index("session recovered")
     finally:
         await session.logout()
 
