@@ -126,6 +126,17 @@ class Daemon:
                 return sessions
             time.sleep(0.1)
 
+    def wait_state(self, states: tuple[str, ...], timeout: float = 20) -> str:
+        """Poll session.list (bounded) until the first session's state is one of ``states``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            sessions = self.request("session.list")["result"]["sessions"]
+            if sessions and sessions[0]["state"] in states:
+                return str(sessions[0]["state"])
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"session state never became {states}: {sessions}")
+            time.sleep(0.05)
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = STOP_TIMEOUT) -> int:
         process = self.process
         if process is None or process.poll() is not None:

@@ -280,3 +280,28 @@ def test_session_stats_count_pdus_and_octets(two_targets: TgtDisk, daemon: Daemo
     assert int(counters["scsirsp_pdus"]) + int(counters["datain_pdus"]) >= 3
     assert int(counters["rxdata_octets"]) > 0
     assert counters["reconnects"] == "0"
+
+
+def test_session_state_shows_the_outage_and_the_recovery(tgt: TgtDisk, tmp_path: Path) -> None:
+    fast = "node.conn[0].timeo.noop_out_interval = 1\nnode.conn[0].timeo.noop_out_timeout = 1\n"
+    daemon = Daemon(tmp_path / "fast", config_text=fast).start()
+    try:
+        portal = portal_of(tgt)
+        assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
+        assert daemon.client("-m", "node", "--login").returncode == 0
+        tgt.target.freeze()
+        try:
+            down = daemon.wait_state(("FAILED", "REOPEN"))
+            shown = daemon.client("-m", "session", "-P", "1").stdout
+            assert (
+                f"iSCSI Session State: {down}"
+                in shown.replace(" ", "_").replace("iSCSI_Session_State:_", "iSCSI Session State: ")
+                or down.replace(" ", "_") in shown
+            )
+        finally:
+            tgt.target.thaw()
+        assert daemon.wait_state(("LOGGED IN",), timeout=30) == "LOGGED IN"
+        stats = daemon.client("-m", "session", "-s").stdout
+        assert "\treconnects: 1" in stats
+    finally:
+        daemon.stop()
