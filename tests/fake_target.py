@@ -178,10 +178,7 @@ class FakeConnection(asyncio.Protocol):
             self.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for task in self._tasks.values():
-            if task.timer is not None:
-                task.timer.cancel()
-        self._tasks.clear()
+        self._end_tasks(list(self._tasks.values()))
         self.closed_at = time.monotonic()
         if not self.closed.done():
             self.closed.set_result(None)
@@ -417,10 +414,7 @@ class FakeConnection(asyncio.Protocol):
     def _logout(self, pdu: LogoutRequest) -> None:
         """Answer, then close: tasks still open are ended with the session (11.14)."""
         self.target._logged_out(self, pdu)
-        for task in self._tasks.values():
-            if task.timer is not None:
-                task.timer.cancel()
-        self._tasks.clear()
+        self._end_tasks(list(self._tasks.values()))
         self.send(
             self.make(
                 LogoutResponse,
@@ -438,9 +432,8 @@ class FakeConnection(asyncio.Protocol):
         """ABORT TASK and the resets end the matching tasks without an answer of their own."""
         function = pdu.function
         if function is TaskManagementFunction.ABORT_TASK:
-            victims = [self._tasks[pdu.referenced_task_tag]] if (
-                pdu.referenced_task_tag in self._tasks
-            ) else []  # fmt: skip
+            victim = self._tasks.get(pdu.referenced_task_tag)
+            victims = [victim] if victim is not None else []
             response = (
                 TaskManagementResponse.FUNCTION_COMPLETE
                 if victims
@@ -459,10 +452,7 @@ class FakeConnection(asyncio.Protocol):
         else:
             victims = []
             response = TaskManagementResponse.FUNCTION_NOT_SUPPORTED
-        for task in victims:
-            if task.timer is not None:
-                task.timer.cancel()
-            del self._tasks[task.initiator_task_tag]
+        self._end_tasks(victims)
         self.send(
             self.make(
                 TaskManagementResponsePdu,
@@ -471,6 +461,15 @@ class FakeConnection(asyncio.Protocol):
             )
         )
 
+    def _end_tasks(self, tasks: list[_Task]) -> None:
+        """End tasks without an answer (aborted, logged out, connection gone)."""
+        for task in tasks:
+            if task.timer is not None:
+                task.timer.cancel()
+            del self._tasks[task.initiator_task_tag]
+        if tasks:
+            self.target._changed()
+
     # ---------------------------------------------------------------- SCSI
 
     def _scsi_command(self, command: ScsiCommand) -> None:
@@ -478,6 +477,7 @@ class FakeConnection(asyncio.Protocol):
         if command.initiator_task_tag in self._tasks:
             raise AssertionError(f"task tag {command.initiator_task_tag:#x} is already in use")
         self._tasks[command.initiator_task_tag] = task
+        self.target._changed()
         if not command.write:
             if len(command.data):
                 raise AssertionError("data with a command that writes nothing")
@@ -558,6 +558,7 @@ class FakeConnection(asyncio.Protocol):
     def _answer(self, task: _Task, reply: _Reply) -> None:
         if self._tasks.pop(task.initiator_task_tag, None) is not task:
             return  # aborted meanwhile
+        self.target._changed()
         command = task.command
         if reply.data is not None and reply.status == GOOD:
             self.send(*self._data_in(task, reply.data))
@@ -832,6 +833,10 @@ class FakeTarget:
 
     def _note(self, what: str, *, when: float | None = None) -> None:
         self.history.append((time.monotonic() if when is None else when, what))
+        self._changed()
+
+    def _changed(self) -> None:
+        """Wake :meth:`wait_until`: something a predicate may look at has changed."""
         watchers, self._watchers = self._watchers, []
         for watcher in watchers:
             if not watcher.done():

@@ -293,11 +293,7 @@ def test_session_state_shows_the_outage_and_the_recovery(tgt: TgtDisk, tmp_path:
         try:
             down = daemon.wait_state(("FAILED", "REOPEN"))
             shown = daemon.client("-m", "session", "-P", "1").stdout
-            assert (
-                f"iSCSI Session State: {down}"
-                in shown.replace(" ", "_").replace("iSCSI_Session_State:_", "iSCSI Session State: ")
-                or down.replace(" ", "_") in shown
-            )
+            assert f"iSCSI Session State: {down}" in shown
         finally:
             tgt.target.thaw()
         assert daemon.wait_state(("LOGGED IN",), timeout=30) == "LOGGED IN"
