@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pyiscsid.protocol.errors import ISCSIError, ProtocolError, TaskAborted
-from pyiscsid.protocol.events import AsyncMessageReceived, Event
+from pyiscsid.protocol.events import AsyncMessageReceived, Event, LogoutCompleted
 from pyiscsid.protocol.pdu import AsyncEvent
 from pyiscsid.protocol.stats import ConnectionStats
 
@@ -103,6 +104,7 @@ class Recovery:
         self.last_error: str | None = None
         self._watchers: list[asyncio.Future[None]] = []
         self._time2wait: float | None = None
+        self._early_events: list[tuple[IscsiConnection, Event]] = []
         self.totals = ConnectionStats()  # of the connections this session had before
         self._background: set[asyncio.Future[None]] = set()
 
@@ -173,19 +175,30 @@ class Recovery:
         if old is not None and old is not connection and old.started:
             self.totals.add(old.core.stats)
         self.connection = connection
-        connection.on_event = self._on_event
+        self._listen(connection)
 
-    def _on_event(self, event: Event) -> None:
+    def _listen(self, connection: IscsiConnection) -> None:
+        connection.on_event = functools.partial(self._on_event, connection)
+
+    def _replay_early_events(self) -> None:
+        """Messages that came while a new connection was still being checked."""
+        early, self._early_events = self._early_events, []
+        for connection, event in early:
+            self._on_event(connection, event)
+
+    def _on_event(self, connection: IscsiConnection, event: Event) -> None:
         """Asynchronous Messages (RFC 7143 section 11.9.1) that concern the session."""
         if not isinstance(event, AsyncMessageReceived):
             return
-        connection = self.connection
+        if connection is not self.connection:  # a relogin not finished yet: keep it
+            self._early_events.append((connection, event))
+            return
         code = event.async_event
         self.log.info(
             "async message", async_event=code, parameter1=event.parameter1,
             parameter2=event.parameter2, parameter3=event.parameter3, ISCSI_EVENT="async",
         )  # fmt: skip
-        if connection is None or self.state is not SessionState.LOGGED_IN:
+        if self.state is not SessionState.LOGGED_IN:
             return
         if code in (AsyncEvent.LOGOUT_REQUESTED, AsyncEvent.NEGOTIATION_REQUESTED):
             # Log out within Parameter3 seconds, then log in again (we do not renegotiate
@@ -204,8 +217,13 @@ class Recovery:
         task.add_done_callback(self._background.discard)
 
     async def _logout_for_recovery(self, connection: IscsiConnection, within: float) -> None:
+        """Drain, then log out within the target's Parameter3; the relogin then waits the
+        Time2Wait of the Logout Response (RFC 7143 11.15.2), not DefaultTime2Wait, since
+        nothing of the old session is left to clean up."""
         await connection.wait_idle(max(within - 1.0, 0.0))
-        await _quiet_logout(connection)
+        answer = await _quiet_logout(connection, timeout=max(within, 1.0))
+        if answer is not None:
+            self._time2wait = float(answer.time2wait)
 
     async def _recover(self, lost: IscsiConnection) -> None:
         self.connection_lost(lost, lost.close_reason or "connection closed")
@@ -234,6 +252,7 @@ class Recovery:
                 self.log.info("reconnecting", attempt=attempt, ISCSI_EVENT="reconnecting")
             try:
                 connection = await self._connect()
+                self._listen(connection)
                 if self._verify is not None:
                     await self._verify(connection)
             except ISCSIError as exc:
@@ -254,6 +273,7 @@ class Recovery:
             self.reconnects += 1
             self._move(SessionState.LOGGED_IN)
             self._up.set()
+            self._replay_early_events()
             self.log.info(
                 "session recovered", attempts=attempt,
                 seconds=round(self._clock() - started, 3), ISCSI_EVENT="recovered",
@@ -362,8 +382,11 @@ class Recovery:
         return failed + self.replacement_timeout - self._clock()
 
 
-async def _quiet_logout(connection: IscsiConnection) -> None:
+async def _quiet_logout(
+    connection: IscsiConnection, timeout: float = 15.0
+) -> LogoutCompleted | None:
     try:
-        await connection.logout()
+        return await connection.logout(timeout=timeout)
     except (ISCSIError, TimeoutError):
         connection.close()
+        return None

@@ -431,6 +431,10 @@ class FakeConnection(asyncio.Protocol):
     def _task_management(self, pdu: TaskManagementRequest) -> None:
         """ABORT TASK and the resets end the matching tasks without an answer of their own."""
         function = pdu.function
+        self.target.task_management.append(function)
+        self.target._changed()
+        if function in self.target.ignore_task_management:
+            return  # a target that has stopped answering task management
         if function is TaskManagementFunction.ABORT_TASK:
             victim = self._tasks.get(pdu.referenced_task_tag)
             victims = [victim] if victim is not None else []
@@ -548,6 +552,10 @@ class FakeConnection(asyncio.Protocol):
 
     def _finish(self, task: _Task) -> None:
         """Run the command now; its answer goes out after :attr:`FakeTarget.latency`."""
+        swallow = self.target.swallow
+        if swallow is not None and swallow(bytes(task.command.cdb)):
+            self.target._changed()
+            return  # never answered: stays in progress until task management ends it
         reply = self._execute(task)
         latency = self.target.latency
         if latency > 0:
@@ -723,6 +731,11 @@ class FakeTarget:
         self.answers = dict(answers or {})
         self.unit_attention = unit_attention
         self.serial = serial
+        # Faults for task-management tests: commands whose CDB makes ``swallow`` true are
+        # taken and never answered; functions in ``ignore_task_management`` get no answer.
+        self.swallow: Callable[[bytes], bool] | None = None
+        self.ignore_task_management: set[TaskManagementFunction] = set()
+        self.task_management: list[TaskManagementFunction] = []
         self.address = "127.0.0.1"
         self.port = 0
         self.connections: list[FakeConnection] = []  # open ones, oldest first

@@ -1,0 +1,115 @@
+"""A command that gets no answer: ABORT TASK, then LOGICAL UNIT RESET, then a dropped
+connection and a relogin, each step after its own timeout; the command is then issued
+again and completes. These use the scripted target (tests/fake_target.py): tgt answers
+every command, so it cannot produce a command that is silently never answered."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from pyiscsid.daemon.session import Session
+from pyiscsid.protocol import scsi
+from pyiscsid.protocol.config import ConnectionConfig
+from pyiscsid.protocol.discovery import parse_portal
+from pyiscsid.protocol.pdu import TaskManagementFunction as TMF
+
+from tests.fake_target import FakeTarget
+
+INITIATOR = "iqn.2026-11.test.pyiscsid:escalation"
+TIMEOUT = 1.0  # command, abort and LU reset timeouts alike
+LBA = 2048
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[FakeTarget]:
+    async with FakeTarget() as fake:
+        yield fake
+
+
+def session_for(target: FakeTarget) -> Session:
+    config = ConnectionConfig(INITIATOR, target.name, isid=Session.new_isid(), noop_out_interval=0)
+    return Session(
+        1,
+        target.name,
+        parse_portal(target.portal),
+        config,
+        login_timeout=3,
+        logout_timeout=3,
+        timeouts={
+            "replacement_timeout": 60,
+            "command_timeout": TIMEOUT,
+            "abort_timeout": TIMEOUT,
+            "lu_reset_timeout": TIMEOUT,
+        },
+    )
+
+
+def swallow_first_write_to(lba: int) -> object:
+    """A ``swallow`` that eats the first WRITE(10) to ``lba`` and lets the rest through."""
+    eaten: list[bool] = []
+
+    def swallow(cdb: bytes) -> bool:
+        if cdb[0] == 0x2A and int.from_bytes(cdb[2:6], "big") == lba and not eaten:
+            eaten.append(True)
+            return True
+        return False
+
+    return swallow
+
+
+async def write_through(session: Session, target: FakeTarget) -> float:
+    """Write one block to LBA; returns how long until the target said GOOD."""
+    data = bytes(range(256)) * 2
+    started = time.monotonic()
+    result = await session.execute(scsi.write10(LBA, 1), lun=target.lun, data_out=data)
+    result.check()
+    assert bytes(target.disk[LBA * 512 : LBA * 512 + 512]) == data
+    return time.monotonic() - started
+
+
+async def test_an_unanswered_command_is_aborted_then_issued_again(target: FakeTarget) -> None:
+    session = session_for(target)
+    await session.login()
+    try:
+        target.swallow = swallow_first_write_to(LBA)  # type: ignore[assignment]
+        took = await write_through(session, target)
+        assert target.task_management == [TMF.ABORT_TASK]
+        assert TIMEOUT <= took < 3 * TIMEOUT
+        assert target.errors == []
+        print(f"\nabort: command answered {took:.2f} s after it was sent")
+    finally:
+        await session.logout()
+
+
+async def test_an_unanswered_abort_is_followed_by_a_lu_reset(target: FakeTarget) -> None:
+    session = session_for(target)
+    await session.login()
+    try:
+        target.swallow = swallow_first_write_to(LBA)  # type: ignore[assignment]
+        target.ignore_task_management = {TMF.ABORT_TASK}
+        took = await write_through(session, target)
+        assert target.task_management == [TMF.ABORT_TASK, TMF.LOGICAL_UNIT_RESET]
+        assert 2 * TIMEOUT <= took < 4 * TIMEOUT
+        print(f"\nLU reset: command answered {took:.2f} s after it was sent")
+    finally:
+        await session.logout()
+
+
+async def test_unanswered_task_management_drops_the_connection_and_recovers(
+    target: FakeTarget,
+) -> None:
+    session = session_for(target)
+    await session.login()
+    try:
+        target.swallow = swallow_first_write_to(LBA)  # type: ignore[assignment]
+        target.ignore_task_management = {TMF.ABORT_TASK, TMF.LOGICAL_UNIT_RESET}
+        took = await write_through(session, target)
+        assert target.task_management == [TMF.ABORT_TASK, TMF.LOGICAL_UNIT_RESET]
+        assert len(target.logins) == 2  # the connection was dropped and the session relogged in
+        assert target.logins[0][0] == target.logins[1][0]  # with the same ISID
+        assert session.recovery.reconnects == 1
+        print(f"\ndropped: command answered {took:.2f} s after it was sent")
+    finally:
+        await session.logout()
