@@ -26,7 +26,6 @@ from pyiscsid.protocol.discovery import (
 )
 from pyiscsid.protocol.errors import ISCSIError, TargetProtocolError
 from pyiscsid.protocol.events import (
-    AsyncMessageReceived,
     CommandCompleted,
     CommandFailed,
     Event,
@@ -36,10 +35,17 @@ from pyiscsid.protocol.events import (
     LogoutCompleted,
     PingCompleted,
     PingTimedOut,
+    RejectReceived,
     TaskManagementCompleted,
     TextExchangeCompleted,
 )
-from pyiscsid.protocol.pdu import Buffer, LogoutReason, TaskAttribute, TaskManagementFunction
+from pyiscsid.protocol.pdu import (
+    Buffer,
+    LogoutReason,
+    RejectReason,
+    TaskAttribute,
+    TaskManagementFunction,
+)
 from pyiscsid.protocol.scsi import ScsiCommandError, ScsiStatus, lun_to_field
 from pyiscsid.protocol.sense import Sense, SenseFormatError, parse_sense
 
@@ -49,6 +55,12 @@ DEFAULT_LOGIN_TIMEOUT = 15.0  # open-iscsi's node.conn[0].timeo.login_timeout
 DEFAULT_LOGOUT_TIMEOUT = 15.0
 MAX_REDIRECTS = 8
 UNIT_ATTENTION_RETRIES = 8
+
+
+# Reject reasons after which the connection must go (RFC 7143 sections 7.1.4 and 11.17.1).
+_REJECTS_THAT_END_THE_CONNECTION = frozenset(
+    {RejectReason.DATA_DIGEST_ERROR, RejectReason.PROTOCOL_ERROR, RejectReason.WAITING_FOR_LOGOUT}
+)
 
 
 class ConnectionLostError(ISCSIError):
@@ -247,8 +259,12 @@ class IscsiConnection(asyncio.Protocol):
                         f"{event.waited:.1f} s"
                     )
                 )
-            case AsyncMessageReceived() if self.on_event is not None:
-                self.on_event(event)
+            case RejectReceived() if event.reason in _REJECTS_THAT_END_THE_CONNECTION:
+                # At ErrorRecoveryLevel 0 the lost PDU can only be recovered with the whole
+                # connection: drop it, and the session issues the command again.
+                self._abort(
+                    ConnectionLostError(f"target rejected a PDU (reason 0x{event.reason:02x})")
+                )
             case _:
                 if self.on_event is not None:
                     self.on_event(event)

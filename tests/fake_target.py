@@ -477,6 +477,11 @@ class FakeConnection(asyncio.Protocol):
     # ---------------------------------------------------------------- SCSI
 
     def _scsi_command(self, command: ScsiCommand) -> None:
+        reject = self.target.reject
+        reason = reject(bytes(command.cdb)) if reject is not None else None
+        if reason is not None:  # as if its Data-Out had come with a bad digest, say
+            self.send(self.make(Reject, reason=reason, data=command.pack_bhs()[:BHS_LENGTH]))
+            return
         task = _Task(command, field_to_lun(command.lun))
         if command.initiator_task_tag in self._tasks:
             raise AssertionError(f"task tag {command.initiator_task_tag:#x} is already in use")
@@ -736,6 +741,8 @@ class FakeTarget:
         self.swallow: Callable[[bytes], bool] | None = None
         self.ignore_task_management: set[TaskManagementFunction] = set()
         self.task_management: list[TaskManagementFunction] = []
+        # ``reject`` returns a Reject reason for a CDB the target refuses (None: no Reject).
+        self.reject: Callable[[bytes], int | None] | None = None
         self.address = "127.0.0.1"
         self.port = 0
         self.connections: list[FakeConnection] = []  # open ones, oldest first

@@ -13,6 +13,8 @@ from pyiscsid.daemon.session import Session
 from pyiscsid.protocol import scsi
 from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.discovery import parse_portal
+from pyiscsid.protocol.errors import CommandRejected
+from pyiscsid.protocol.pdu import RejectReason
 from pyiscsid.protocol.pdu import TaskManagementFunction as TMF
 
 from tests.fake_target import FakeTarget
@@ -111,5 +113,45 @@ async def test_unanswered_task_management_drops_the_connection_and_recovers(
         assert target.logins[0][0] == target.logins[1][0]  # with the same ISID
         assert session.recovery.reconnects == 1
         print(f"\ndropped: command answered {took:.2f} s after it was sent")
+    finally:
+        await session.logout()
+
+
+def reject_first_write_to(lba: int, reason: int) -> object:
+    """A ``reject`` that refuses the first WRITE(10) to ``lba`` with ``reason``."""
+    done: list[bool] = []
+
+    def reject(cdb: bytes) -> int | None:
+        if cdb[0] == 0x2A and int.from_bytes(cdb[2:6], "big") == lba and not done:
+            done.append(True)
+            return reason
+        return None
+
+    return reject
+
+
+@pytest.mark.parametrize("reason", [RejectReason.DATA_DIGEST_ERROR, RejectReason.PROTOCOL_ERROR])
+async def test_a_reject_that_needs_recovery_drops_the_connection_and_reissues(
+    target: FakeTarget, reason: RejectReason
+) -> None:
+    session = session_for(target)
+    await session.login()
+    try:
+        target.reject = reject_first_write_to(LBA, reason)  # type: ignore[assignment]
+        await write_through(session, target)
+        assert len(target.logins) == 2 and session.recovery.reconnects == 1
+    finally:
+        await session.logout()
+
+
+async def test_a_command_level_reject_fails_only_that_command(target: FakeTarget) -> None:
+    session = session_for(target)
+    await session.login()
+    try:
+        target.reject = reject_first_write_to(LBA, RejectReason.COMMAND_NOT_SUPPORTED)  # type: ignore[assignment]
+        with pytest.raises(CommandRejected, match="command not supported"):
+            await write_through(session, target)
+        assert len(target.logins) == 1  # the connection stayed up
+        await write_through(session, target)  # and the next try goes through
     finally:
         await session.logout()
