@@ -82,11 +82,13 @@ class Recovery:
         *,
         replacement_timeout: float,
         log: Any,
+        reopen_max: int = 0,
         verify: Callable[[IscsiConnection], Awaitable[None]] | None = None,
         admit: Callable[[dict[str, Any]], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connect = connect
+        self.reopen_max = reopen_max  # failed attempts before giving up; 0: never give up
         self._verify = verify  # after a relogin, before held I/O goes out again
         self._admit = admit  # may refuse a command before each (re)issue
         self.replacement_timeout = replacement_timeout
@@ -263,6 +265,16 @@ class Recovery:
                         "reconnect failed", attempt=attempt, reason=str(exc),
                         ISCSI_EVENT="reconnect_failed",
                     )  # fmt: skip
+                if self.reopen_max and attempt >= self.reopen_max:
+                    self.log.error(
+                        "session given up", attempts=attempt, reason=str(exc),
+                        ISCSI_EVENT="given_up",
+                    )  # fmt: skip
+                    self.last_error = f"gave up after {attempt} reconnect attempts: {exc}"
+                    self._move(SessionState.LOGGED_OUT)
+                    self._closed.set()
+                    self._up.set()  # held commands see LOGGED_OUT and fail
+                    return
                 delay = backoff(attempt)
                 continue
             if self.state is SessionState.LOGGED_OUT:  # logged out while we logged in
@@ -356,7 +368,11 @@ class Recovery:
     async def _usable(self) -> IscsiConnection:
         while True:
             if self.state is SessionState.LOGGED_OUT:
-                raise SessionLoggedOut("the session was logged out")
+                raise SessionLoggedOut(
+                    f"the session is over: {self.last_error}"
+                    if self.last_error
+                    else "the session was logged out"
+                )
             connection = self.connection
             if self.state is SessionState.LOGGED_IN and connection is not None:
                 if connection.alive:

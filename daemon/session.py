@@ -125,6 +125,7 @@ class Session:
         self.recovery = Recovery(
             self._connect,
             replacement_timeout=float(self.timeouts.get("replacement_timeout", 120)),
+            reopen_max=int(self.timeouts.get("reopen_max", 0)),
             log=self.log,
             verify=self._verify_luns,
             admit=self._admit,

@@ -321,6 +321,8 @@ _TABLE: tuple[Setting, ...] = (
             rfc_key="ErrorRecoveryLevel", check=_error_recovery_level),
     _yes_no(f"{_SESSION}.iscsi.FastAbort", "Yes",
             "open-iscsi's FastAbort; kept for compatibility, not negotiated"),
+    _number(f"{_SESSION}.reopen_max", 0, 0, 1_000_000,
+            "reconnect attempts after a failure before the session is given up; 0 = forever"),
     _number(f"{_SESSION}.err_timeo.command_timeout", 30, 1, 3600,
             "seconds a SCSI command may go unanswered before it is aborted "
             "(the Linux SCSI layer's default timeout)"),

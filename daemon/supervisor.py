@@ -36,6 +36,7 @@ _TIMEOUTS = (
     ("noop_out_interval", "node.conn[0].timeo.noop_out_interval"),
     ("noop_out_timeout", "node.conn[0].timeo.noop_out_timeout"),
     ("login_timeout", "node.conn[0].timeo.login_timeout"),
+    ("reopen_max", "node.session.reopen_max"),
     ("command_timeout", "node.session.err_timeo.command_timeout"),
     ("abort_timeout", "node.session.err_timeo.abort_timeout"),
     ("lu_reset_timeout", "node.session.err_timeo.lu_reset_timeout"),

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
-from pyiscsid.daemon.recovery import ReplacementTimeout, SessionState
+from pyiscsid.daemon.recovery import ReplacementTimeout, SessionLoggedOut, SessionState
 from pyiscsid.daemon.session import LunIdentityChanged, Session
 from pyiscsid.protocol import scsi
 from pyiscsid.protocol.config import ConnectionConfig
@@ -34,7 +34,7 @@ BLOCKS_PER_WRITER = 64
 TIMEOUT = 30.0
 
 
-def make_session(tgt: TgtDisk, *, replacement_timeout: float = 60) -> Session:
+def make_session(tgt: TgtDisk, *, replacement_timeout: float = 60, reopen_max: int = 0) -> Session:
     config = ConnectionConfig(
         INITIATOR,
         tgt.iqn,
@@ -49,7 +49,7 @@ def make_session(tgt: TgtDisk, *, replacement_timeout: float = 60) -> Session:
         config,
         login_timeout=3,
         logout_timeout=5,
-        timeouts={"replacement_timeout": replacement_timeout},
+        timeouts={"replacement_timeout": replacement_timeout, "reopen_max": reopen_max},
     )
 
 
@@ -264,5 +264,22 @@ async def test_a_lun_that_changed_identity_after_relogin_is_failed_not_written(
             assert f.read(BLOCK) == bytes(BLOCK)  # nothing was written
         # The session itself is fine: other commands (LUN 0, the controller) still work.
         assert (await session.execute(scsi.test_unit_ready(), lun=0)).status == 0
+    finally:
+        await session.logout()
+
+
+async def test_reopen_max_gives_the_session_up_and_fails_held_io(tgt: TgtDisk) -> None:
+    """With node.session.reopen_max = 2 and the target gone for good, the session stops
+    trying after two failed reconnects, and what it held fails with a clear error."""
+    session = make_session(tgt, reopen_max=2)
+    await session.login()
+    try:
+        await in_thread(tgt.target.kill)
+        with pytest.raises(SessionLoggedOut, match="gave up after 2 reconnect attempts"):
+            await asyncio.wait_for(
+                session.execute(scsi.write10(0, SECTORS), lun=1, data_out=block_for(0, 0)),
+                TIMEOUT,
+            )
+        assert session.recovery.state is SessionState.LOGGED_OUT
     finally:
         await session.logout()
