@@ -15,11 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import struct
-import time
-import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -28,17 +25,14 @@ from pyiscsid.daemon.session import Session
 from pyiscsid.protocol import scsi
 from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.discovery import parse_portal
-from pyiscsid.protocol.errors import ISCSIError
 from pyiscsid.protocol.pdu import AsyncEvent
 
 from tests.fake_target import UNIT_ATTENTION, FakeTarget, fixed_sense
+from tests.writer import BLOCK, Writer
 
 INITIATOR = "iqn.2026-11.test.pyiscsid:async"
 LUN = 0
-BLOCK = 4096
-SECTORS = BLOCK // 512
 WRITERS = 8
-BLOCKS_PER_WRITER = 32
 LATENCY = 0.01  # the target answers each command 10 ms late, so that commands are in flight
 LOGOUT_WITHIN = 5  # Parameter3 of event 1: seconds the target gives us to log out
 TIMEOUT = 20.0
@@ -66,59 +60,6 @@ def make_session(target: FakeTarget, operational: dict[str, str] | None = None) 
     )
 
 
-def block_for(lba: int, sequence: int) -> bytes:
-    """A block that names itself: its LBA, a sequence number, random bytes, a CRC."""
-    body = struct.pack(">QQ", lba, sequence) + os.urandom(BLOCK - 20)
-    return body + struct.pack(">I", zlib.crc32(body))
-
-
-@dataclass
-class Writer:
-    """Writers on disjoint LBA ranges, several commands in flight at any time."""
-
-    session: Session
-    acked: dict[int, bytes] = field(default_factory=dict)
-    errors: list[ISCSIError] = field(default_factory=list)
-    acks: list[float] = field(default_factory=list)  # monotonic time of each acknowledgement
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _progress: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def _one(self, first_lba: int) -> None:
-        sequence = 0
-        while not self.stop.is_set():
-            lba = first_lba + (sequence % BLOCKS_PER_WRITER) * SECTORS
-            data = block_for(lba, sequence)
-            try:
-                result = await self.session.execute(
-                    scsi.write10(lba, SECTORS), lun=LUN, data_out=data
-                )
-                result.check()
-                self.acked[lba] = data
-                self.acks.append(time.monotonic())
-            except ISCSIError as exc:
-                self.errors.append(exc)
-                await asyncio.sleep(0.05)  # pacing after a failure, not synchronisation
-            sequence += 1
-            self._progress.set()
-
-    async def wait_acks(self, count: int, timeout: float = TIMEOUT) -> None:
-        """Until ``count`` more writes were acknowledged."""
-        goal = len(self.acks) + count
-        async with asyncio.timeout(timeout):
-            while len(self.acks) < goal:
-                self._progress.clear()
-                await self._progress.wait()
-
-    def first_ack_after(self, moment: float) -> float:
-        return next(ack for ack in self.acks if ack > moment)
-
-    def verify(self, target: FakeTarget) -> None:
-        """Every acknowledged block is in the target's disk, byte for byte."""
-        for lba, data in self.acked.items():
-            start = lba * 512
-            assert target.disk[start : start + BLOCK] == data, f"LBA {lba} lost a write"
-
-
 @dataclass
 class Running:
     target: FakeTarget
@@ -128,11 +69,8 @@ class Running:
 
     async def finish(self) -> None:
         """More writes after the event, then stop: no error, nothing lost."""
-        await self.writer.wait_acks(100)
-        self.writer.stop.set()
-        await asyncio.wait_for(asyncio.gather(*self.tasks), TIMEOUT)
-        assert self.writer.errors == []
-        self.writer.verify(self.target)
+        disk = self.target.disk
+        await self.writer.finish(lambda offset: bytes(disk[offset : offset + BLOCK]))
         assert self.target.errors == []
 
 
@@ -142,11 +80,8 @@ async def running(**target_options: Any) -> AsyncIterator[Running]:
     async with FakeTarget(latency=LATENCY, **target_options) as target:
         session = make_session(target)
         await session.login()
-        writer = Writer(session)
-        tasks = [
-            asyncio.create_task(writer._one(i * BLOCKS_PER_WRITER * SECTORS))
-            for i in range(WRITERS)
-        ]
+        writer = Writer(session, lun=LUN)
+        tasks = writer.start(WRITERS)
         try:
             await writer.wait_acks(50)
             yield Running(target, session, writer, tasks)

@@ -31,7 +31,7 @@ from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.discovery import parse_portal
 
 from tests.conftest import DISK_IQN, DISK_LUN, DISK_SIZE, DISK_TID, TgtDisk, TgtFactory
-from tests.integration.test_recovery import BLOCKS_PER_WRITER, SECTORS, TIMEOUT, WRITERS, Writer
+from tests.writer import TIMEOUT, Writer, file_reader
 
 pytestmark = pytest.mark.tgtd
 
@@ -177,10 +177,7 @@ async def running(
         assert session.connection is not None
         assert session.connection.local_address == HOST_ADDRESS
         attempts.install(session)
-        tasks = [
-            asyncio.create_task(writer._one(i * BLOCKS_PER_WRITER * SECTORS))
-            for i in range(WRITERS)
-        ]
+        tasks = writer.start()
         await writer.wait_acks(50)
         yield session, writer, tasks, attempts
     finally:
@@ -202,7 +199,7 @@ async def test_link_down_is_noticed_through_netlink_before_nop_timeout_and_link_
     (2) from ``ip link set up``, after FAILED_ATTEMPTS reconnects failed meanwhile, to
     LOGGED_IN again, against the earliest moment the backoff would have tried again. Then
     no write failed and every acknowledged write is in the backing file."""
-    session, writer, tasks, attempts = running
+    session, writer, _tasks, attempts = running
 
     down = time.monotonic()
     await ip_async("link", "set", veth.host, "down")
@@ -235,10 +232,6 @@ async def test_link_down_is_noticed_through_netlink_before_nop_timeout_and_link_
     assert attempts.ended[-1][1]  # the kicked attempt was the one that worked
     assert session.recovery.reconnects == 1
 
-    await writer.wait_acks(100)
-    writer.stop.set()
-    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
-    assert writer.errors == []
-    writer.verify(target)
+    await writer.finish(file_reader(target.backing))
     sessions = await asyncio.to_thread(target.sessions)
     assert len(sessions) == 1  # reinstated, not leaked

@@ -5,12 +5,8 @@ every write the target acknowledged must be in the backing file."""
 from __future__ import annotations
 
 import asyncio
-import os
-import struct
 import time
-import zlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 
 import pytest
 from pyiscsid.daemon.recovery import ReplacementTimeout, SessionLoggedOut, SessionState
@@ -18,20 +14,15 @@ from pyiscsid.daemon.session import LunIdentityChanged, Session
 from pyiscsid.protocol import scsi
 from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.discovery import parse_portal
-from pyiscsid.protocol.errors import ISCSIError
 
 from tests.conftest import TgtDisk
+from tests.writer import BLOCK, SECTORS, TIMEOUT, Writer, block_for, file_reader
 
 pytestmark = pytest.mark.tgtd
 
 INITIATOR = "iqn.2026-11.test.pyiscsid:recovery"
-BLOCK = 4096
-SECTORS = BLOCK // 512
 NOP_INTERVAL = 1.0
 NOP_TIMEOUT = 1.0
-WRITERS = 4
-BLOCKS_PER_WRITER = 64
-TIMEOUT = 30.0
 
 
 def make_session(tgt: TgtDisk, *, replacement_timeout: float = 60, reopen_max: int = 0) -> Session:
@@ -65,65 +56,12 @@ class _Recorder:
     info = warning = error = _record
 
 
-def block_for(lba: int, sequence: int) -> bytes:
-    """A block that names itself: its LBA, a sequence number, random bytes, a CRC."""
-    body = struct.pack(">QQ", lba, sequence) + os.urandom(BLOCK - 20)
-    return body + struct.pack(">I", zlib.crc32(body))
-
-
-@dataclass
-class Writer:
-    """Writers on disjoint LBA ranges, several commands in flight at any time."""
-
-    session: Session
-    acked: dict[int, bytes] = field(default_factory=dict)
-    errors: list[ISCSIError] = field(default_factory=list)
-    acks: list[float] = field(default_factory=list)  # monotonic time of each acknowledgement
-    stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _progress: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def _one(self, first_lba: int) -> None:
-        sequence = 0
-        while not self.stop.is_set():
-            lba = first_lba + (sequence % BLOCKS_PER_WRITER) * SECTORS
-            data = block_for(lba, sequence)
-            try:
-                result = await self.session.execute(
-                    scsi.write10(lba, SECTORS), lun=1, data_out=data
-                )
-                result.check()
-                self.acked[lba] = data
-                self.acks.append(time.monotonic())
-            except ISCSIError as exc:
-                self.errors.append(exc)
-                await asyncio.sleep(0.05)  # pacing after a failure, not synchronisation
-            sequence += 1
-            self._progress.set()
-
-    async def wait_acks(self, count: int, timeout: float = TIMEOUT) -> None:
-        """Until ``count`` more writes were acknowledged."""
-        goal = len(self.acks) + count
-        async with asyncio.timeout(timeout):
-            while len(self.acks) < goal:
-                self._progress.clear()
-                await self._progress.wait()
-
-    def verify(self, tgt: TgtDisk) -> None:
-        """Every acknowledged block is in the target's backing file, byte for byte."""
-        with open(tgt.backing, "rb") as f:
-            for lba, data in self.acked.items():
-                f.seek(lba * 512)
-                assert f.read(BLOCK) == data, f"LBA {lba} lost an acknowledged write"
-
-
 @pytest.fixture
 async def running(tgt: TgtDisk) -> AsyncIterator[tuple[Session, Writer, list[asyncio.Task[None]]]]:
     session = make_session(tgt)
     await session.login()
     writer = Writer(session)
-    tasks = [
-        asyncio.create_task(writer._one(i * BLOCKS_PER_WRITER * SECTORS)) for i in range(WRITERS)
-    ]
+    tasks = writer.start()
     await writer.wait_acks(50)
     try:
         yield session, writer, tasks
@@ -134,11 +72,7 @@ async def running(tgt: TgtDisk) -> AsyncIterator[tuple[Session, Writer, list[asy
 
 
 async def finish(tgt: TgtDisk, writer: Writer, tasks: list[asyncio.Task[None]]) -> None:
-    await writer.wait_acks(100)
-    writer.stop.set()
-    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
-    assert writer.errors == []
-    writer.verify(tgt)
+    await writer.finish(file_reader(tgt.backing))
 
 
 async def in_thread(function: object, *args: object) -> None:
