@@ -57,22 +57,17 @@ class _Recorder:
 
 
 @pytest.fixture
-async def running(tgt: TgtDisk) -> AsyncIterator[tuple[Session, Writer, list[asyncio.Task[None]]]]:
+async def running(tgt: TgtDisk) -> AsyncIterator[tuple[Session, Writer]]:
     session = make_session(tgt)
     await session.login()
     writer = Writer(session)
-    tasks = writer.start()
+    writer.start()
     await writer.wait_acks(50)
     try:
-        yield session, writer, tasks
+        yield session, writer
     finally:
-        writer.stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await writer.halt()
         await session.logout()
-
-
-async def finish(tgt: TgtDisk, writer: Writer, tasks: list[asyncio.Task[None]]) -> None:
-    await writer.finish(file_reader(tgt.backing))
 
 
 async def in_thread(function: object, *args: object) -> None:
@@ -80,9 +75,9 @@ async def in_thread(function: object, *args: object) -> None:
 
 
 async def test_frozen_target_fails_by_nop_timeout_and_recovers(
-    tgt: TgtDisk, running: tuple[Session, Writer, list[asyncio.Task[None]]]
+    tgt: TgtDisk, running: tuple[Session, Writer]
 ) -> None:
-    session, writer, tasks = running
+    session, writer = running
     fault = time.monotonic()
     await in_thread(tgt.target.freeze)
     await session.recovery.wait_for(SessionState.FAILED, SessionState.REOPEN, timeout=TIMEOUT)
@@ -97,14 +92,14 @@ async def test_frozen_target_fails_by_nop_timeout_and_recovers(
         f"\nfrozen: detected in {detected:.2f} s, "
         f"I/O resumed {writer.acks[-1] - thawed:.2f} s after thaw"
     )
-    await finish(tgt, writer, tasks)
+    await writer.finish(file_reader(tgt.backing))
     assert session.recovery.reconnects >= 1
 
 
 async def test_killed_and_restarted_target_loses_no_write(
-    tgt: TgtDisk, running: tuple[Session, Writer, list[asyncio.Task[None]]]
+    tgt: TgtDisk, running: tuple[Session, Writer]
 ) -> None:
-    session, writer, tasks = running
+    session, writer = running
     fault = time.monotonic()
     await in_thread(tgt.target.kill)
     await session.recovery.wait_for(SessionState.FAILED, SessionState.REOPEN, timeout=TIMEOUT)
@@ -117,13 +112,13 @@ async def test_killed_and_restarted_target_loses_no_write(
         f"\nkilled: detected in {detected:.2f} s, "
         f"I/O resumed {writer.acks[-1] - restarted:.2f} s after restart"
     )
-    await finish(tgt, writer, tasks)
+    await writer.finish(file_reader(tgt.backing))
 
 
 async def test_connection_dropped_by_the_target_recovers_with_one_nexus(
-    tgt: TgtDisk, running: tuple[Session, Writer, list[asyncio.Task[None]]]
+    tgt: TgtDisk, running: tuple[Session, Writer]
 ) -> None:
-    session, writer, tasks = running
+    session, writer = running
     (nexus,) = tgt.sessions()
     fault = time.monotonic()
     await in_thread(tgt.target.drop_connection, tgt.tid, nexus.sid)
@@ -135,7 +130,7 @@ async def test_connection_dropped_by_the_target_recovers_with_one_nexus(
         f"\ndropped: detected in {detected:.2f} s, "
         f"I/O resumed {writer.acks[-1] - fault:.2f} s after the drop"
     )
-    await finish(tgt, writer, tasks)
+    await writer.finish(file_reader(tgt.backing))
     sessions = await asyncio.to_thread(tgt.sessions)
     assert len(sessions) == 1 and sessions[0].sid != nexus.sid  # reinstated, nothing leaked
     stats = session.recovery.stats()
