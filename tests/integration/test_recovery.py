@@ -212,3 +212,30 @@ async def test_reopen_max_gives_the_session_up_and_fails_held_io(tgt: TgtDisk) -
         assert session.recovery.state is SessionState.LOGGED_OUT
     finally:
         await session.logout()
+
+
+@pytest.mark.parametrize("replacement_timeout", [0, -1], ids=["fail-at-once", "hold-forever"])
+async def test_replacement_timeout_zero_fails_at_once_and_negative_holds(
+    tgt: TgtDisk, replacement_timeout: int
+) -> None:
+    session = make_session(tgt, replacement_timeout=replacement_timeout)
+    await session.login()
+    try:
+        await in_thread(tgt.target.freeze)
+        await session.recovery.wait_for(SessionState.FAILED, SessionState.REOPEN, timeout=TIMEOUT)
+        data = block_for(24, 7)
+        write = asyncio.ensure_future(
+            session.execute(scsi.write10(24, SECTORS), lun=1, data_out=data)
+        )
+        if replacement_timeout == 0:
+            with pytest.raises(ReplacementTimeout):
+                await asyncio.wait_for(write, 1.0)  # at once, not after a wait
+            await in_thread(tgt.target.thaw)
+        else:
+            done, _ = await asyncio.wait({write}, timeout=3.0)  # the outage goes on...
+            assert not done  # ...and the write is still held, not failed
+            await in_thread(tgt.target.thaw)
+            (await asyncio.wait_for(write, TIMEOUT)).check()
+            assert file_reader(tgt.backing)(24 * 512) == data
+    finally:
+        await session.logout()
