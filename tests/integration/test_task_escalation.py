@@ -5,6 +5,7 @@ every command, so it cannot produce a command that is silently never answered.""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -153,5 +154,43 @@ async def test_a_command_level_reject_fails_only_that_command(target: FakeTarget
             await write_through(session, target)
         assert len(target.logins) == 1  # the connection stayed up
         await write_through(session, target)  # and the next try goes through
+    finally:
+        await session.logout()
+
+
+async def test_commands_caught_by_an_outage_are_issued_again_in_their_order(
+    target: FakeTarget,
+) -> None:
+    """Eight writes are in flight (the target takes them and does not answer) when the
+    connection drops: after the relogin they reach the target again in submission order."""
+    session = session_for(target)
+    await session.login()
+    try:
+        lbas = [4096 + 8 * i for i in range(8)]
+        seen: list[int] = []
+        first = target.current
+
+        def swallow_on_first_connection(cdb: bytes) -> bool:
+            if cdb[0] != 0x2A:
+                return False
+            if target.current is first:
+                return True  # in flight when the connection drops
+            seen.append(int.from_bytes(cdb[2:6], "big"))
+            return False
+
+        target.swallow = swallow_on_first_connection  # type: ignore[assignment]
+        writes = [
+            asyncio.ensure_future(
+                session.execute(scsi.write10(lba, 1), lun=target.lun, data_out=bytes([i]) * 512)
+            )
+            for i, lba in enumerate(lbas)
+        ]
+        await target.wait_until(lambda: first.in_progress >= len(lbas), 10)
+        first.abort()  # the connection is lost with all eight outstanding
+        for write in writes:
+            (await asyncio.wait_for(write, 20)).check()
+        # The new session's first command meets its power-on unit attention and is issued
+        # once more (SAM-5: it was not executed); the order is otherwise the original one.
+        assert seen == [lbas[0], *lbas]
     finally:
         await session.logout()
