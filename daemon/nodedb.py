@@ -240,8 +240,7 @@ class NodeDB:
         discovery_defaults: Mapping[str, str] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
-        self.defaults = _frozen(_merge(Scope.NODE, defaults or {}))
-        self.discovery_defaults = _frozen(_merge(Scope.DISCOVERY, discovery_defaults or {}))
+        self.set_defaults(defaults, discovery_defaults)
         self.problems: list[Problem] = []
         self._lock = threading.RLock()
         self._lock_fd: int | None = None
@@ -249,6 +248,16 @@ class NodeDB:
         self._discovery: dict[tuple[str, int], DiscoveryRecord] = {}
 
     # -- lifetime ---------------------------------------------------------------------------
+
+    def set_defaults(
+        self,
+        defaults: Mapping[str, str] | None,
+        discovery_defaults: Mapping[str, str] | None = None,
+    ) -> None:
+        """The settings new records start from (the config file's node.* keys); records
+        already written keep theirs, as open-iscsi's do."""
+        self.defaults = _frozen(_merge(Scope.NODE, defaults or {}))
+        self.discovery_defaults = _frozen(_merge(Scope.DISCOVERY, discovery_defaults or {}))
 
     def open(self) -> None:
         """Create the state directory if needed and take its lock for as long as we run."""

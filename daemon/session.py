@@ -103,6 +103,7 @@ class Session:
         logout_timeout: float,
         chap_username: str | None = None,
         timeouts: dict[str, Any] | None = None,
+        startup: str = "manual",
     ) -> None:
         self.sid = sid
         self.target = target
@@ -111,6 +112,7 @@ class Session:
         self.login_timeout = login_timeout
         self.logout_timeout = logout_timeout
         self.chap_username = chap_username
+        self.startup = startup  # node.startup: an onboot session is never logged out
         self.timeouts = timeouts or {}
         self.task_timeouts = TaskTimeouts(
             command=float(self.timeouts.get("command_timeout", 30)),

@@ -23,6 +23,7 @@ from .config import DaemonConfig
 from .control import InvalidRequest, NoRecords, Peer, SessionExists, SessionNotFound, error_for
 from .driver import discover
 from .nodedb import NodeDB, NodeRecord
+from .recovery import SessionState
 from .session import Session
 
 try:
@@ -278,6 +279,7 @@ class Supervisor:
             login_timeout=float(settings.get(values, "node.conn[0].timeo.login_timeout")),
             logout_timeout=float(settings.get(values, "node.conn[0].timeo.logout_timeout")),
             chap_username=chap.username if chap is not None else None,
+            startup=record.startup,
             timeouts={name: settings.get_int(values, key) for name, key in _TIMEOUTS},
         )
 
@@ -388,7 +390,34 @@ class Supervisor:
     def link_up(self) -> None:
         kick_sessions(self.sessions.values())
 
+    async def reload(self, config: DaemonConfig) -> None:
+        """SIGHUP: new settings and node records, sessions untouched (they keep the settings
+        they logged in with until their next login)."""
+        self.config = config
+        self.nodedb.set_defaults(config.node_defaults, config.discovery)
+        for problem in self.nodedb.load():
+            self.log.error("damaged record skipped", path=str(problem.path), reason=problem.message)
+        self.log.info("reloaded", nodes=len(self.nodedb.nodes()), sessions=len(self.sessions))
+
+    def status_line(self) -> str:
+        """What systemd shows as STATUS=: "3 sessions, 1 recovering"."""
+        total = len(self.sessions)
+        down = sum(1 for s in self.sessions.values() if s.state is not SessionState.LOGGED_IN)
+        text = f"{total} session{'s' if total != 1 else ''}"
+        return f"{text}, {down} recovering" if down else text
+
     async def shutdown(self) -> None:
-        """Log out of every session, concurrently; each logout is bounded by its timeout."""
-        if self.sessions:
-            await self._logout(list(self.sessions.values()))
+        """Log out one session at a time, newest first; never a session of an ``onboot``
+        node: its disk may hold what the system runs on, and logging out of it would hang
+        the machine. Those are left for the next start (or the target's Time2Retain)."""
+        for session in [self.sessions[sid] for sid in sorted(self.sessions, reverse=True)]:
+            if session.startup == "onboot":
+                self.log.warning(
+                    "left logged in at shutdown", ISCSI_TARGET=session.target,
+                    ISCSI_SID=session.sid, reason="node.startup is onboot",
+                )  # fmt: skip
+                await session.recovery.close()
+                if session.connection is not None:
+                    session.connection.close()
+                continue
+            await self._logout([session])

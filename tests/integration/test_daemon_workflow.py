@@ -301,3 +301,20 @@ def test_session_state_shows_the_outage_and_the_recovery(tgt: TgtDisk, tmp_path:
         assert "\treconnects: 1" in stats
     finally:
         daemon.stop()
+
+
+def test_shutdown_never_logs_out_an_onboot_session(two_targets: TgtDisk, daemon: Daemon) -> None:
+    """An onboot node's disk may hold the root file system: SIGTERM leaves it logged in
+    (no Logout Request) and logs out the others."""
+    tgt, portal = two_targets, portal_of(two_targets)
+    assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
+    update = ["-o", "update", "-n", "node.startup", "-v", "onboot"]
+    assert daemon.client("-m", "node", "-T", DISK2, "-p", portal, *update).returncode == 0
+    tgt.target.unbind_account(tgt.tid, USER)
+    assert daemon.client("-m", "node", "-L", "all").returncode == 0
+    assert daemon.stop() == 0
+    events = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+    kept = [e for e in events if e.get("event") == "left logged in at shutdown"]
+    out = [e for e in events if e.get("event") == "logged out"]
+    assert [e["ISCSI_TARGET"] for e in kept] == [DISK2]
+    assert [e["ISCSI_TARGET"] for e in out] == [tgt.iqn]
