@@ -9,10 +9,10 @@ STAMP       := $(VENV)/.installed
 SOURCES     := $(wildcard protocol daemon client tests bench)
 # Debian packages: the real peers of the tests (tgt, libiscsi, libnbd, qemu-img), what systemd-python
 # builds with, and the Python tool chain itself.
-APT_PACKAGES := tgt libiscsi-bin libnbd-bin qemu-utils qemu-block-extra libsystemd-dev pkg-config gcc iproute2 \
+APT_PACKAGES := tgt libiscsi-bin libnbd-bin qemu-utils qemu-block-extra libsystemd-dev pkg-config gcc iproute2 systemd \
                 python3 python3-venv python3-dev
 
-.PHONY: all test lint typecheck unit integration run bench system-deps venv clean
+.PHONY: all test lint typecheck unit integration run bench system-deps venv clean install
 
 all: test
 
@@ -54,6 +54,43 @@ run: venv
 
 bench: venv
 	$(VPY) -m bench
+
+# make install (as root): pyiscsid in $(SBINDIR) and pyiscsiadm in $(BINDIR), two-line wrappers that
+# exec this checkout's .venv (which stays editable: keep the checkout where it is); the unit files
+# in $(UNITDIR) with ExecStart= pointing at that wrapper; the README in $(DOCDIR). A checkout under
+# /home, /root or /run/user gets a drop-in that relaxes ProtectHome=yes to read-only so that the
+# service can reach it. Then `systemctl daemon-reload`, when systemd runs and UNITDIR is its own.
+# DESTDIR stages the tree elsewhere; PREFIX and UNITDIR move it (the tests use both).
+# Then: systemctl enable --now pyiscsid.socket pyiscsid.service
+PREFIX      ?= /usr/local
+SBINDIR     ?= $(PREFIX)/sbin
+BINDIR      ?= $(PREFIX)/bin
+DOCDIR      ?= $(PREFIX)/share/doc/pyiscsid
+UNITDIR     ?= /etc/systemd/system
+DROPIN      := $(DESTDIR)$(UNITDIR)/pyiscsid.service.d/50-checkout-in-home.conf
+
+install: venv
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DOCDIR)
+	printf '#!/bin/sh\nexec %s "$$@"\n' '$(CURDIR)/$(VENV)/bin/pyiscsid' >$(DESTDIR)$(SBINDIR)/pyiscsid
+	printf '#!/bin/sh\nexec %s "$$@"\n' '$(CURDIR)/$(VENV)/bin/pyiscsiadm' >$(DESTDIR)$(BINDIR)/pyiscsiadm
+	chmod 0755 $(DESTDIR)$(SBINDIR)/pyiscsid $(DESTDIR)$(BINDIR)/pyiscsiadm
+	sed -e 's|^ExecStart=/usr/local/sbin/pyiscsid|ExecStart=$(SBINDIR)/pyiscsid|' \
+	    -e 's|file:///usr/local/share/doc/pyiscsid/|file://$(DOCDIR)/|' \
+	    unitfiles/pyiscsid.service >$(DESTDIR)$(UNITDIR)/pyiscsid.service
+	sed -e 's|file:///usr/local/share/doc/pyiscsid/|file://$(DOCDIR)/|' \
+	    unitfiles/pyiscsid.socket >$(DESTDIR)$(UNITDIR)/pyiscsid.socket
+	chmod 0644 $(DESTDIR)$(UNITDIR)/pyiscsid.service $(DESTDIR)$(UNITDIR)/pyiscsid.socket
+	install -m 0644 README.md $(DESTDIR)$(DOCDIR)/README.md
+	@case '$(CURDIR)/' in \
+	  /home/*|/root/*|/run/user/*) \
+	    install -d $(dir $(DROPIN)); \
+	    printf '[Service]\n# the daemon runs from %s\nProtectHome=read-only\n' '$(CURDIR)' >$(DROPIN); \
+	    echo "wrote $(DROPIN): ProtectHome=read-only, as the checkout is under a home directory";; \
+	  *) rm -f $(DROPIN);; \
+	esac
+	@if [ -z '$(DESTDIR)' ] && [ '$(UNITDIR)' = /etc/systemd/system ] && [ -d /run/systemd/system ]; then \
+	  systemctl daemon-reload; fi
+	@echo "installed; enable with: systemctl enable --now pyiscsid.socket pyiscsid.service"
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
