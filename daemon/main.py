@@ -1,35 +1,43 @@
 """pyiscsid: the daemon's entry point — command line, start-up, signals, shutdown.
 
 pyiscsid always runs in the foreground (systemd supervises it); ``--foreground`` is accepted
-for compatibility with scripts that pass it.
+for compatibility with scripts that pass it. Under systemd (pyiscsid.service, Type=notify) it
+says READY=1 only once the automatic logins are done, keeps STATUS= current, pings the
+watchdog from the event loop, reloads on SIGHUP, and takes the control socket from
+pyiscsid.socket when it was started by a client's connection.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import structlog
+import systemd.daemon
 import uvloop
 from pyiscsid.protocol.errors import ISCSIError
 
 from . import logs
-from .config import load_config
+from .config import DaemonConfig, load_config
 from .control import DEFAULT_SOCKET, ControlServer
 from .identity import load_or_create_initiator_name
 from .linkwatch import LinkWatch
 from .nodedb import NodeDB
+from .notify import Notifier, Watchdog, watchdog_interval
 from .supervisor import VERSION, Supervisor
 
 DEFAULT_CONFIG = "/etc/pyiscsid/pyiscsid.conf"
 DEFAULT_INITIATOR_NAME = "/etc/pyiscsid/initiatorname.iscsi"
 DEFAULT_STATE_DIR = "/var/lib/pyiscsid"
 SHUTDOWN_TIMEOUT = 30.0
+STATUS_INTERVAL = 2.0  # seconds between checks of the STATUS= line
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,13 +55,46 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--socket", default=DEFAULT_SOCKET, help="control socket (%(default)s)")
     parser.add_argument("--foreground", action="store_true", help="accepted; always foreground")
-    parser.add_argument("--log", choices=("console", "json"), default="console")
+    parser.add_argument(
+        "--log",
+        choices=logs.MODES,
+        default="auto",
+        help="journal under systemd (JOURNAL_STREAM), console otherwise (%(default)s)",
+    )
     parser.add_argument("--version", action="version", version=f"pyiscsid {VERSION}")
     return parser.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> None:
     log = structlog.get_logger("pyiscsid")
+    notifier = Notifier.from_environ(logger=log)
+    # The watchdog pings from the first moment: systemd's timer runs from the start of the
+    # unit, and a slow start (many records) must not look like a hung one.
+    watchdog = Watchdog(notifier, watchdog_interval())
+    watchdog.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reload_asked = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    # Before anything slow: SIGHUP's default action would kill the daemon.
+    loop.add_signal_handler(signal.SIGHUP, reload_asked.set)
+    try:
+        await _serve(args, log, notifier, stop, reload_asked)
+    finally:
+        watchdog.stop()
+        notifier.close()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+
+async def _serve(
+    args: argparse.Namespace,
+    log: Any,
+    notifier: Notifier,
+    stop: asyncio.Event,
+    reload_asked: asyncio.Event,
+) -> None:
     config = load_config(Path(args.config))
     initiator_name = load_or_create_initiator_name(Path(args.initiator_name_file))
     nodedb = NodeDB(Path(args.state_dir), config.node_defaults)
@@ -61,27 +102,41 @@ async def run(args: argparse.Namespace) -> None:
     try:
         for problem in nodedb.load():
             log.error("damaged record skipped", path=str(problem.path), reason=problem.message)
+        _register_secrets(config, nodedb)
         supervisor = Supervisor(config, nodedb, initiator_name, logger=log)
         server = ControlServer(supervisor.handle, control_group=config.control_group, logger=log)
-        await server.start(args.socket)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
+        handed = activated_socket()
+        if handed is not None:
+            await server.start_from_socket(handed)
+        else:
+            await server.start(args.socket)
         log.info(
-            "started", initiator_name=initiator_name, socket=args.socket,
-            state_dir=args.state_dir, nodes=len(nodedb.nodes()),
+            "started", initiator_name=initiator_name, socket=str(server.path or args.socket),
+            activated=handed is not None, state_dir=args.state_dir, nodes=len(nodedb.nodes()),
         )  # fmt: skip
         links = LinkWatch(
             on_address_lost=supervisor.address_lost, on_link_up=supervisor.link_up, log=log
         )
         await links.start()  # without netlink it says so once, and pings do the work
+        automatic = [r for r in nodedb.nodes() if r.startup in ("automatic", "onboot")]
+        notifier.status(f"logging in to {_plural(len(automatic), 'node')}")
         logins = asyncio.create_task(supervisor.login_automatic())
         logins.add_done_callback(_report_logins(log))
+        ready = asyncio.Event()
+        systemd_tasks = [
+            asyncio.create_task(_announce(logins, ready, notifier, supervisor)),
+            asyncio.create_task(
+                _reloads(reload_asked, ready, notifier, supervisor, Path(args.config), log)
+            ),
+        ]
         await stop.wait()
+        leaving = [s for s in supervisor.sessions.values() if s.startup != "onboot"]
+        notifier.stopping(f"logging out of {_plural(len(leaving), 'session')}")
         log.info("stopping", sessions=len(supervisor.sessions))
+        for task in systemd_tasks:
+            task.cancel()
         logins.cancel()
-        await asyncio.gather(logins, return_exceptions=True)
+        await asyncio.gather(logins, *systemd_tasks, return_exceptions=True)
         await links.close()
         await server.close()
         try:
@@ -92,6 +147,100 @@ async def run(args: argparse.Namespace) -> None:
         log.info("stopped")
     finally:
         nodedb.close()
+
+
+def activated_socket() -> socket.socket | None:
+    """The control socket systemd (pyiscsid.socket) bound and handed over, if it did.
+
+    listen_fds() checks LISTEN_PID against our pid and clears the variables, so nothing we
+    might start later takes the socket for its own. Only the first descriptor is ours: the
+    socket unit declares exactly one.
+    """
+    fds = systemd.daemon.listen_fds()
+    if not fds:
+        return None
+    for extra in fds[1:]:
+        os.close(extra)
+    sock = socket.socket(fileno=fds[0])
+    if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
+        sock.close()
+        raise ActivationError(
+            "the socket systemd handed over is not a Unix stream socket: "
+            "check ListenStream= in pyiscsid.socket"
+        )
+    return sock
+
+
+class ActivationError(ISCSIError):
+    """systemd handed over something that cannot be the control socket."""
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+async def _announce(
+    logins: asyncio.Task[list[dict[str, Any]]],
+    ready: asyncio.Event,
+    notifier: Notifier,
+    supervisor: Supervisor,
+) -> None:
+    """READY=1 once every automatic login has succeeded or given up, so that units ordered
+    after pyiscsid (remote file systems) find their disks; then keep STATUS= current."""
+    await asyncio.wait([logins])
+    line = supervisor.status_line()
+    notifier.ready(line)
+    ready.set()
+    while True:
+        await asyncio.sleep(STATUS_INTERVAL)  # a refresh period, not a synchronisation
+        now = supervisor.status_line()
+        if now != line:
+            line = now
+            notifier.status(line)
+
+
+async def _reloads(
+    asked: asyncio.Event,
+    ready: asyncio.Event,
+    notifier: Notifier,
+    supervisor: Supervisor,
+    config_path: Path,
+    log: Any,
+) -> None:
+    """SIGHUP: re-read the config file and the node records; sessions stay logged in.
+
+    A SIGHUP during the boot logins waits for them: systemd expects RELOADING=1 only from a
+    service that said READY=1, and records read again under logins in flight gain nothing.
+    A config that does not load leaves the old one in force and is logged; READY=1 follows
+    either way, or systemd would wait for the reload forever.
+    """
+    while True:
+        await asked.wait()
+        await ready.wait()
+        asked.clear()
+        notifier.reloading("reloading configuration")
+        log.info("reloading", config=str(config_path))
+        try:
+            new = load_config(config_path)
+        except (ISCSIError, OSError) as exc:
+            log.error("reload failed, old configuration kept", reason=str(exc))
+        else:
+            try:
+                await supervisor.reload(new)
+                _register_secrets(new, supervisor.nodedb)
+            except Exception as exc:  # sessions and the old records go on regardless
+                log.error("reload failed", reason=str(exc))
+        notifier.ready(supervisor.status_line())
+
+
+def _register_secrets(config: DaemonConfig, nodedb: NodeDB) -> None:
+    """Every CHAP password the daemon knows, so that the logger masks it wherever it would
+    appear, even inside free text (field names already mask ``password`` fields)."""
+    logs.clear_secrets()
+    logs.add_secrets_from(config.node_defaults)
+    logs.add_secrets_from(config.discovery)
+    for record in nodedb.nodes():
+        logs.add_secrets_from(record.settings)
 
 
 def _report_logins(log: Any) -> Callable[[asyncio.Task[list[dict[str, Any]]]], None]:

@@ -21,6 +21,9 @@ BIN = Path(sys.executable).parent
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 40.0
 CLIENT_TIMEOUT = 120.0
+SYSTEMD_VARIABLES = frozenset(
+    {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"}
+)
 
 
 @dataclass
@@ -44,6 +47,8 @@ class Daemon:
     root: Path
     config_text: str = ""
     socket_dir: Path | None = None  # default: root/run
+    env: dict[str, str] = field(default_factory=dict)  # on top of ours, e.g. NOTIFY_SOCKET
+    launcher: list[str] = field(default_factory=list)  # runs the daemon, e.g. socket activation
     process: subprocess.Popen[bytes] | None = None
     log_path: Path = field(init=False)
 
@@ -77,11 +82,22 @@ class Daemon:
             "--log", "json",
         ]  # fmt: skip
 
+    def environ(self) -> dict[str, str]:
+        """Our environment without anything systemd may have given the test run itself
+        (a daemon under test must never notify the host's systemd or take its sockets),
+        plus :attr:`env`."""
+        inherited = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARIABLES}
+        return {**inherited, **self.env}
+
     def start(self, *, wait: bool = True) -> Daemon:
         self.config.write_text(self.config_text)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.argv(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [*self.launcher, *self.argv()],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.environ(),
         )
         log.close()
         if wait:
