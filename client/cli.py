@@ -52,7 +52,8 @@ class View(Enum):
     SESSION_LIST = "session list"  # tcp: [SID] IP:PORT,TPGT IQN (non-flash)
     SESSION_TREE = "session tree"  # -m session -P 1..3
     SESSION_STATS = "session stats"  # -m session -s: Stats for session [...] / iSCSI SNMP:
-    FIRMWARE = "firmware"  # -m fw: answered locally until iBFT support lands
+    FIRMWARE = "firmware"  # -m fw: # BEGIN RECORD ... iface.* / node.* per iBFT target
+    FIRMWARE_LOGIN = "firmware login"  # -m fw -l: the table's problems, then login lines
     RESCAN = "rescan"  # -R: answered locally, pyiscsid has no rescan operation yet
 
 
@@ -60,7 +61,7 @@ class View(Enum):
 class Invocation:
     """One parsed command: what to ask the daemon and how to print the answer.
 
-    ``op`` is None for the commands answered without the daemon (``-m fw``, ``-R``).
+    ``op`` is None for the commands answered without the daemon (``-R``).
     """
 
     op: str | None
@@ -203,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
             "                     [-l | -u | -o new|delete|update|show [-n KEY -v VALUE] [-S]]\n"
             "  pyiscsiadm -m node -L all|automatic | -U all\n"
             "  pyiscsiadm -m session [-P 0..3 | -s] [-r SID [-u]]\n"
-            "  pyiscsiadm -m fw\n"
+            "  pyiscsiadm -m fw [-l]\n"
             f"\nThe control socket is --socket, else ${SOCKET_ENV}, else {DEFAULT_SOCKET}."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -270,7 +271,9 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Invo
         return _node(ns, common)
     if mode == "session":
         return _session(ns, common)
-    return Invocation(op=None, args={}, view=View.FIRMWARE, **common)
+    if ns.login:
+        return Invocation(op="fw.login", args={}, view=View.FIRMWARE_LOGIN, **common)
+    return Invocation(op="fw.show", args={}, view=View.FIRMWARE, **common)
 
 
 def _discovery(ns: argparse.Namespace, common: dict[str, Any]) -> Invocation:

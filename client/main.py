@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from pyiscsid.client import output
+from pyiscsid.client import firmware_output, output
 from pyiscsid.client.cli import PROG, Invocation, UsageError, View, parse, usage
 from pyiscsid.client.errors import ClientError, ExitCode
 from pyiscsid.client.output import Output, Stream
@@ -50,7 +50,11 @@ def render(invocation: Invocation, result: Mapping[str, Any]) -> Output:
             return session_tree(result, invocation.print_level)
         case View.SESSION_STATS:
             return session_stats(result)
-        case View.FIRMWARE | View.RESCAN:
+        case View.FIRMWARE:
+            return firmware_output.firmware_records(result)
+        case View.FIRMWARE_LOGIN:
+            return firmware_output.firmware_logins(result)
+        case View.RESCAN:
             return output.error(invocation.view, output.local_error(invocation.view))
 
 
@@ -68,7 +72,7 @@ def execute(invocation: Invocation) -> Output:
     except ClientError as failure:
         if invocation.json_output:
             return _json(output.as_json({"error": failure.as_error()}), failure.exit_code)
-        return output.error(invocation.view, failure)
+        return _error(invocation.view, failure)
     try:
         text = render(invocation, result)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
@@ -79,11 +83,17 @@ def execute(invocation: Invocation) -> Output:
             f"malformed result from pyiscsid for {invocation.op}: {type(e).__name__}: {e}",
             "malformed_reply",
         )
-        text = output.error(invocation.view, failure)
+        text = _error(invocation.view, failure)
     if invocation.json_output:
         # Same exit status as the text form, so that "$?" means one thing in every script.
         return _json(output.as_json(result), text.exit_code)
     return text
+
+
+def _error(view: View, failure: ClientError) -> Output:
+    if view in (View.FIRMWARE, View.FIRMWARE_LOGIN):
+        return firmware_output.error(view, failure)
+    return output.error(view, failure)
 
 
 def _json(lines: list[str], exit_code: int) -> Output:

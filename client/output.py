@@ -112,7 +112,7 @@ def is_secret(key: str) -> bool:
     return key.rsplit(".", 1)[-1] in ("password", "password_in")
 
 
-def _items(result: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+def items(result: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
     """``result[key]`` as a list of objects; anything else in it is a daemon bug, skip it."""
     value = result.get(key)
     if not isinstance(value, list):
@@ -126,7 +126,7 @@ def _items(result: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
 def discovery_targets(result: Mapping[str, Any]) -> Output:
     """``-m discovery -t st -p ...``: ``IP:PORT,TPGT IQN`` per target, then any logins."""
     output = Output()
-    targets = _items(result, "targets")
+    targets = items(result, "targets")
     for target in targets:
         output.out(f"{colon_portal(target['portal'])},{target['tpgt']} {target['name']}")
     if not targets:
@@ -143,7 +143,7 @@ def discovery_targets(result: Mapping[str, Any]) -> Output:
 def discovery_records(result: Mapping[str, Any]) -> Output:
     """``-m discovery``: ``IP:PORT via sendtargets`` per discovery record."""
     output = Output()
-    records = _items(result, "records")
+    records = items(result, "records")
     for record in records:
         output.out(f"{colon_portal(record['portal'])} via {record.get('type', 'sendtargets')}")
     if not records:
@@ -155,7 +155,7 @@ def discovery_records(result: Mapping[str, Any]) -> Output:
 def node_list(result: Mapping[str, Any]) -> Output:
     """``-m node``: ``IP:PORT,TPGT IQN`` per node record."""
     output = Output()
-    nodes = _items(result, "nodes")
+    nodes = items(result, "nodes")
     for node in nodes:
         output.out(f"{colon_portal(node['portal'])},{node.get('tpgt', -1)} {node['target']}")
     if not nodes:
@@ -167,7 +167,7 @@ def node_list(result: Mapping[str, Any]) -> Output:
 def node_tree(result: Mapping[str, Any]) -> Output:
     """``-m node -P 1``: records grouped by target, then portal, then iface."""
     output = Output()
-    nodes = _items(result, "nodes")
+    nodes = items(result, "nodes")
     if not nodes:
         output.err(NO_RECORDS)
         output.fail(ExitCode.NO_OBJS_FOUND)
@@ -193,7 +193,7 @@ def node_records(result: Mapping[str, Any], *, show_secrets: bool = False) -> Ou
     a daemon bug cannot put a password on a screen that did not ask for it with ``-S``.
     """
     output = Output()
-    nodes = _items(result, "nodes")
+    nodes = items(result, "nodes")
     if not nodes:
         output.err(NO_RECORDS)
         output.fail(ExitCode.NO_OBJS_FOUND)
@@ -243,7 +243,7 @@ def node_changed(result: Mapping[str, Any], count_key: str) -> Output:
 def session_list(result: Mapping[str, Any]) -> Output:
     """``-m session``: ``tcp: [SID] IP:PORT,TPGT IQN (non-flash)`` per session."""
     output = Output()
-    sessions = _items(result, "sessions")
+    sessions = items(result, "sessions")
     for session in sessions:
         output.out(session_line(session))
     if not sessions:
@@ -292,7 +292,7 @@ def logins(result: Mapping[str, Any]) -> Output:
     present.`` instead, and the command exits 15.
     """
     output = Output()
-    entries = _items(result, "logins")
+    entries = items(result, "logins")
     if not entries:
         output.err(NO_RECORDS)
         output.fail(ExitCode.NO_OBJS_FOUND)
@@ -324,7 +324,7 @@ def logins(result: Mapping[str, Any]) -> Output:
 def logouts(result: Mapping[str, Any]) -> Output:
     """``--logout``, ``-U all``, ``-m session -u``: iscsiadm's lines for each session."""
     output = Output()
-    entries = _items(result, "logouts")
+    entries = items(result, "logouts")
     if not entries:
         output.err(NO_MATCHING_SESSIONS)
         output.fail(ExitCode.NO_OBJS_FOUND)
@@ -345,18 +345,8 @@ def logouts(result: Mapping[str, Any]) -> Output:
 # -- commands answered without the daemon, errors, JSON --------------------------------
 
 
-def firmware() -> Output:
-    """``-m fw``: no iBFT support yet, so there is never a firmware record to show."""
-    output = Output()
-    output.err(NO_RECORDS)
-    output.fail(ExitCode.NO_OBJS_FOUND)
-    return output
-
-
 def local_error(view: View) -> ClientError:
-    """The error for a command pyiscsiadm answers itself (``-m fw``, ``-R``)."""
-    if view is View.FIRMWARE:
-        return ClientError(ExitCode.NO_OBJS_FOUND, NO_RECORDS, "no_records")
+    """The error for a command pyiscsiadm answers itself (``-R``)."""
     return ClientError(
         ExitCode.OP_NOT_SUPP,
         "rescan is not supported: pyiscsid reads a session's LUNs when it logs in",

@@ -55,7 +55,8 @@ class DaemonConfig:
 
     ``node_defaults`` holds every node setting: the values new node records start from.
     ``discovery`` holds every ``discovery.sendtargets.*`` setting. ``control_group`` is the
-    group allowed to change things besides root (None: root only).
+    group allowed to change things besides root (None: root only). ``ibft_path`` is where
+    ``-m fw`` reads the firmware's boot targets (a built tree in tests).
     """
 
     path: Path = DEFAULT_CONFIG_PATH
@@ -68,6 +69,7 @@ class DaemonConfig:
     control_group: str | None = None
     log_level: str = settings.SETTINGS["log.level"].default
     shutdown_timeout: float = float(settings.SETTINGS["daemon.shutdown_timeout"].default)
+    ibft_path: Path = Path(settings.SETTINGS["firmware.ibft_path"].default)
 
 
 def load_config(path: Path = DEFAULT_CONFIG_PATH) -> DaemonConfig:
@@ -92,6 +94,9 @@ def load_config(path: Path = DEFAULT_CONFIG_PATH) -> DaemonConfig:
         control_group=daemon["control.group"] or None,
         log_level=daemon["log.level"],
         shutdown_timeout=float(daemon["daemon.shutdown_timeout"]),
+        ibft_path=Path(
+            daemon["firmware.ibft_path"] or settings.SETTINGS["firmware.ibft_path"].default
+        ),
     )
 
 

@@ -248,6 +248,10 @@ OPERATIONS: Mapping[str, Operation] = {
     "session.list": Operation(True, {}),
     "session.show": Operation(True, {"sid": Arg(int)}),
     "session.logout": Operation(False, {"sid": Arg(int, required=True)}, "logs out"),
+    "fw.show": Operation(True, {}),
+    "fw.login": Operation(
+        False, {}, "records the firmware's boot targets as onboot nodes and logs in"
+    ),
 }
 """op name -> (read_only, argument schema). The README's table, as data."""
 

@@ -359,6 +359,8 @@ _TABLE: tuple[Setting, ...] = (
             "least important log events written"),
     _number("daemon.shutdown_timeout", 15, 1, 3600,
             "seconds to log out of every session at SIGTERM before giving up"),
+    Setting("firmware.ibft_path", Kind.TEXT, "/sys/firmware/ibft",
+            "where the iscsi_ibft driver shows the iBFT (-m fw); another path for tests"),
 )
 # fmt: on
 

@@ -22,7 +22,8 @@ from . import settings
 from .config import DaemonConfig
 from .control import InvalidRequest, NoRecords, Peer, SessionExists, SessionNotFound, error_for
 from .driver import discover
-from .nodedb import NodeDB, NodeRecord
+from .firmware import Chap, Firmware, FirmwareTarget, Nic, read_ibft
+from .nodedb import NodeDB, NodeExists, NodeRecord
 from .recovery import SessionState
 from .session import Session
 
@@ -51,6 +52,82 @@ def _error_dict(exc: BaseException) -> dict[str, Any]:
 
 def _portal_text(record: NodeRecord) -> str:
     return record.portal
+
+
+def _firmware_settings(target: FirmwareTarget) -> list[tuple[str, str]]:
+    """The node settings a firmware target dictates: started at boot, and exactly the
+    table's CHAP (stale credentials from an older record would fail the login)."""
+    auth = "node.session.auth"
+    values = [("node.startup", "onboot")]
+    if target.chap is None:
+        values.append((f"{auth}.authmethod", "None"))
+    else:
+        values += [
+            (f"{auth}.authmethod", "CHAP"),
+            (f"{auth}.username", target.chap.username),
+            (f"{auth}.password", target.chap.secret),
+        ]
+    mutual = target.chap_in
+    values += [
+        (f"{auth}.username_in", mutual.username if mutual else ""),
+        (f"{auth}.password_in", mutual.secret if mutual else ""),
+    ]
+    return values
+
+
+def _chap_json(chap: Chap | None) -> dict[str, str] | None:
+    return None if chap is None else {"username": chap.username, "password": settings.MASK}
+
+
+def _nic_json(nic: Nic | None) -> dict[str, Any] | None:
+    if nic is None:
+        return None
+    return {
+        "index": nic.index,
+        "flags": nic.flags,
+        "mac": nic.mac,
+        "bootproto": nic.bootproto,
+        "ip_address": nic.ip_address,
+        "prefix_len": nic.prefix_len,
+        "subnet_mask": nic.subnet_mask,
+        "gateway": nic.gateway,
+        "primary_dns": nic.primary_dns,
+        "secondary_dns": nic.secondary_dns,
+        "dhcp": nic.dhcp,
+        "vlan": nic.vlan,
+        "origin": nic.origin,
+        "hostname": nic.hostname,
+    }
+
+
+def _firmware_result(firmware: Firmware) -> dict[str, Any]:
+    """``fw.show``'s result (also part of ``fw.login``'s): secrets always masked, as the
+    socket is readable by more than root and the table is not the place to fetch them."""
+    return {
+        "path": str(firmware.path),
+        "initiator_name": firmware.initiator_name,
+        "nics": [_nic_json(nic) for nic in firmware.nics],
+        "targets": [
+            {
+                "index": t.index,
+                "name": t.name,
+                "address": t.address,
+                "port": t.port,
+                "portal": Portal(t.address, t.port).address_port,
+                "lun": t.lun,
+                "lun_number": t.lun_number,
+                "flags": t.flags,
+                "block_valid": t.block_valid,
+                "boot_selected": t.boot_selected,
+                "chap": _chap_json(t.chap),
+                "chap_in": _chap_json(t.chap_in),
+                "nic_index": t.nic_index,
+                "nic": _nic_json(t.nic),
+            }
+            for t in firmware.targets
+        ],
+        "problems": [{"path": str(p.path), "message": p.message} for p in firmware.problems],
+    }
 
 
 def fail_sessions_using(sessions: Iterable[Session], address: str) -> None:
@@ -101,6 +178,8 @@ class Supervisor:
             "session.list": self._session_list,
             "session.show": self._session_show,
             "session.logout": self._session_logout,
+            "fw.show": self._fw_show,
+            "fw.login": self._fw_login,
         }
 
     async def handle(self, op: str, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
@@ -381,6 +460,65 @@ class Supervisor:
 
     async def _session_logout(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"logouts": await self._logout([self._session_by_sid(args)])}
+
+    # ------------------------------------------------------------- firmware (iBFT)
+
+    async def _read_firmware(self) -> Firmware:
+        """The iBFT at the configured path; sysfs reads are quick but still file I/O,
+        so they run off the event loop. Every problem found is logged (never a secret:
+        problems do not carry values of secret files)."""
+        path = self.config.ibft_path
+        firmware = await asyncio.to_thread(read_ibft, path)
+        for problem in firmware.problems:
+            self.log.warning("ibft entry skipped or incomplete", path=str(problem.path),
+                             reason=problem.message)  # fmt: skip
+        return firmware
+
+    async def _fw_show(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        firmware = await self._read_firmware()
+        return _firmware_result(firmware)
+
+    async def _fw_login(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """Record each usable firmware target as an ``onboot`` node with the table's CHAP
+        settings, then log in to them as ``node.login`` does.
+
+        The firmware's values win over whatever an existing record says: the boot disk
+        must be reached with what the firmware used, or the next boot differs from this
+        one. Recording first and logging in second keeps the records even when a login
+        fails, so that the next start retries them.
+        """
+        firmware = await self._read_firmware()
+        if not firmware.targets:
+            reasons = "; ".join(str(p) for p in firmware.problems)
+            raise NoRecords(
+                f"no usable target in the iBFT at {firmware.path}"
+                + (f": {reasons}" if reasons else "")
+            )
+        if firmware.initiator_name and firmware.initiator_name != self.initiator_name:
+            self.log.warning(
+                "ibft initiator name differs; logging in with the daemon's",
+                ibft_initiator=firmware.initiator_name, initiator=self.initiator_name,
+            )  # fmt: skip
+        records = [self._record_firmware_target(target) for target in firmware.targets]
+        result = _firmware_result(firmware)
+        result["logins"] = await self._login_all(records)
+        return result
+
+    def _record_firmware_target(self, target: FirmwareTarget) -> NodeRecord:
+        portal = Portal(target.address, target.port).address_port
+        found = self.nodedb.nodes(target=target.name, portal=portal)
+        if not found:
+            # Created meanwhile by another request: it is updated below all the same.
+            with contextlib.suppress(NodeExists):
+                self.nodedb.new(target.name, target.address, target.port, 1)
+            found = self.nodedb.nodes(target=target.name, portal=portal)
+        for key, value in _firmware_settings(target):
+            self.nodedb.update(found, key, value)
+        self.log.info(
+            "firmware target recorded", ISCSI_TARGET=target.name, ISCSI_PORTAL=portal,
+            chap=target.chap is not None, mutual_chap=target.chap_in is not None,
+        )  # fmt: skip
+        return self.nodedb.nodes(target=target.name, portal=portal, must_match=True)[0]
 
     # ------------------------------------------------------------- link events
 

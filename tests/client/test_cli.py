@@ -311,8 +311,9 @@ def test_session_usage_errors(argv: list[str], says: str) -> None:
 
 def test_fw() -> None:
     inv = p("-m", "fw")
-    assert inv.op is None and inv.view is View.FIRMWARE
-    assert p("-m", "fw", "-l").view is View.FIRMWARE
+    assert (inv.op, inv.args, inv.view) == ("fw.show", {}, View.FIRMWARE)
+    login = p("-m", "fw", "-l")
+    assert (login.op, login.args, login.view) == ("fw.login", {}, View.FIRMWARE_LOGIN)
     assert "-T is not valid with -m fw" in usage_error("-m", "fw", "-T", IQN)
 
 

@@ -641,9 +641,7 @@ def test_update_and_delete_render_nothing() -> None:
     assert render(parse(["-m", "node", "-o", "delete"], {}), {"deleted": 3}).lines == []
 
 
-def test_fw_and_rescan_are_answered_without_the_daemon() -> None:
-    fw = execute(parse(["-m", "fw", "--socket", "/nonexistent/sock"], {}))
-    assert (fw.stderr, fw.exit_code) == (["pyiscsiadm: No records found"], 21)
+def test_rescan_is_answered_without_the_daemon() -> None:
     rescan = execute(parse(["-m", "session", "-R", "--socket", "/nonexistent/sock"], {}))
     assert rescan.exit_code == ExitCode.OP_NOT_SUPP
     assert rescan.stderr[0].startswith("pyiscsiadm: rescan is not supported")
@@ -1054,7 +1052,7 @@ def test_run_json_error(daemon: Callable[[Handler], FakeDaemon], sock_dir: Path)
     assert code == 20
     assert json.loads(out)["error"]["exit"] == 20
     code, out, _ = run_cmd(absent, "-m", "fw", "--format", "json")
-    assert (code, json.loads(out)["error"]["code"]) == (21, "no_records")
+    assert (code, json.loads(out)["error"]["code"]) == (20, "not_connected")
 
 
 def test_run_keeps_stdout_and_stderr_in_order() -> None:

@@ -366,6 +366,8 @@ def test_every_operation_of_the_readme_is_in_the_table() -> None:
         "session.list",
         "session.show",
         "session.logout",
+        "fw.show",
+        "fw.login",
     }
     read_only = {op for op, spec in OPERATIONS.items() if spec.read_only}
     assert read_only == {
@@ -375,6 +377,7 @@ def test_every_operation_of_the_readme_is_in_the_table() -> None:
         "node.show",
         "session.list",
         "session.show",
+        "fw.show",
     }
     for spec in OPERATIONS.values():
         assert spec.read_only or spec.changes  # every refusal can say what the op does
