@@ -25,6 +25,7 @@ from pyiscsid.protocol.chap import (
 )
 from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.errors import ISCSIError
+from pyiscsid.protocol.keys import InvalidValue, check_iscsi_name
 
 __all__ = [
     "DAEMON_KEYS",
@@ -122,7 +123,7 @@ class Setting:
 
     @property
     def scope(self) -> Scope:
-        if self.key.startswith("node."):
+        if self.key.startswith(("node.", "iface.")):  # a node record's iface.* keys too
             return Scope.NODE
         if self.key.startswith("discovery."):
             return Scope.DISCOVERY
@@ -185,6 +186,16 @@ def _chap_algs(value: str) -> str:
     except ChapConfigError as exc:
         raise ValueError(str(exc)) from None
     return ",".join(a.label for a in algorithms)
+
+
+def _initiator_name(value: str) -> str:
+    """Empty, or a valid iSCSI name (RFC 3720 section 3.2.6)."""
+    if value:
+        try:
+            check_iscsi_name(value)
+        except InvalidValue as exc:
+            raise ValueError(exc.reason) from None
+    return value
 
 
 def _digest(value: str) -> str:
@@ -288,6 +299,9 @@ _TABLE: tuple[Setting, ...] = (
     # Node records: open-iscsi's iscsid.conf defaults unless a comment says otherwise.
     _choice("node.startup", "manual", ("manual", "automatic", "onboot"),
             "automatic and onboot nodes are logged in when the daemon starts"),
+    _text("iface.initiatorname",
+          "initiator name for this node only, e.g. the one a boot firmware table gives; "
+          "empty: the daemon's own", check=_initiator_name),
     _yes_no("node.leading_login", "No", "log in to this portal only (no other portals of the "
             "target) when logging in to all automatic nodes"),
     *_auth(f"{_SESSION}.auth", "the target"),
@@ -473,6 +487,8 @@ def connection_config(
         if s.rfc_key is not None and s.scope is scope
     }
     algorithms = parse_chap_algorithms(get(settings, f"{auth}.chap_algs"))
+    if not discovery:
+        initiator_name = get(settings, "iface.initiatorname") or initiator_name
     config = ConnectionConfig(
         initiator_name,
         target_name,

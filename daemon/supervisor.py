@@ -494,17 +494,18 @@ class Supervisor:
                 f"no usable target in the iBFT at {firmware.path}"
                 + (f": {reasons}" if reasons else "")
             )
-        if firmware.initiator_name and firmware.initiator_name != self.initiator_name:
-            self.log.warning(
-                "ibft initiator name differs; logging in with the daemon's",
-                ibft_initiator=firmware.initiator_name, initiator=self.initiator_name,
-            )  # fmt: skip
-        records = [self._record_firmware_target(target) for target in firmware.targets]
+        # The boot targets' access lists know the firmware's initiator name: log in with it.
+        records = [
+            self._record_firmware_target(target, firmware.initiator_name)
+            for target in firmware.targets
+        ]
         result = _firmware_result(firmware)
         result["logins"] = await self._login_all(records)
         return result
 
-    def _record_firmware_target(self, target: FirmwareTarget) -> NodeRecord:
+    def _record_firmware_target(
+        self, target: FirmwareTarget, initiator_name: str | None
+    ) -> NodeRecord:
         portal = Portal(target.address, target.port).address_port
         found = self.nodedb.nodes(target=target.name, portal=portal)
         if not found:
@@ -514,6 +515,7 @@ class Supervisor:
             found = self.nodedb.nodes(target=target.name, portal=portal)
         for key, value in _firmware_settings(target):
             self.nodedb.update(found, key, value)
+        self.nodedb.update(found, "iface.initiatorname", initiator_name or "")
         self.log.info(
             "firmware target recorded", ISCSI_TARGET=target.name, ISCSI_PORTAL=portal,
             chap=target.chap is not None, mutual_chap=target.chap_in is not None,

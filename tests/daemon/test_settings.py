@@ -92,7 +92,8 @@ def test_scopes_split_the_table() -> None:
     assert set(settings.NODE_KEYS) | set(settings.DISCOVERY_KEYS) | set(
         settings.DAEMON_KEYS
     ) == set(settings.SETTINGS)
-    assert all(k.startswith("node.") for k in settings.NODE_KEYS)
+    assert all(k.startswith(("node.", "iface.")) for k in settings.NODE_KEYS)
+    assert "iface.initiatorname" in settings.NODE_KEYS  # a node record's own iface key
     assert all(k.startswith("discovery.") for k in settings.DISCOVERY_KEYS)
     assert "control.group" in settings.DAEMON_KEYS
     assert settings.defaults(Scope.DAEMON)["control.group"] == ""
@@ -383,3 +384,17 @@ def test_discovery_connection_config_is_the_same_mapping() -> None:
         values, initiator_name=INITIATOR, target_name=None, isid=ISID
     )
     assert config.operational["MaxRecvDataSegmentLength"] == "8192"
+
+
+def test_a_node_initiator_name_overrides_the_daemons_and_must_be_valid() -> None:
+    node = {"iface.initiatorname": "iqn.2026-11.org.example:boot-host"}
+    config = settings.connection_config(
+        node, initiator_name="iqn.2005-03.org.pyiscsid:daemon", target_name="iqn.t:x", isid=1
+    )
+    assert config.initiator_name == "iqn.2026-11.org.example:boot-host"
+    default = settings.connection_config(
+        {}, initiator_name="iqn.2005-03.org.pyiscsid:daemon", target_name="iqn.t:x", isid=1
+    )
+    assert default.initiator_name == "iqn.2005-03.org.pyiscsid:daemon"
+    with pytest.raises(InvalidSetting, match=r"iface\.initiatorname"):
+        validate("iface.initiatorname", "not an iqn")
