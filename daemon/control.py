@@ -592,6 +592,16 @@ class ControlServer:
 
     # -- authorization
 
+    def set_control_group(self, group: str | None) -> None:
+        """A reloaded config's control.group: it decides the next request's rights, and the
+        socket file (when the daemon created it) is handed to the new group."""
+        self._control_group = group
+        self._group_missing_logged = False
+        gid = self._control_gid()
+        if gid is not None and self._created is not None and self._path is not None:
+            with contextlib.suppress(OSError):
+                os.chown(self._path, -1, gid)
+
     def _control_gid(self) -> int | None:
         """The control group's gid, looked up every time: the group may be created or
         renumbered while the daemon runs, and the lookup is cheap next to a request."""

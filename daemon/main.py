@@ -126,7 +126,7 @@ async def _serve(
         systemd_tasks = [
             asyncio.create_task(_announce(logins, ready, notifier, supervisor)),
             asyncio.create_task(
-                _reloads(reload_asked, ready, notifier, supervisor, Path(args.config), log)
+                _reloads(reload_asked, ready, notifier, supervisor, server, Path(args.config), log)
             ),
         ]
         await stop.wait()
@@ -204,6 +204,7 @@ async def _reloads(
     ready: asyncio.Event,
     notifier: Notifier,
     supervisor: Supervisor,
+    server: ControlServer,
     config_path: Path,
     log: Any,
 ) -> None:
@@ -227,6 +228,7 @@ async def _reloads(
         else:
             try:
                 await supervisor.reload(new)
+                server.set_control_group(new.control_group)
                 _register_secrets(new, supervisor.nodedb)
             except Exception as exc:  # sessions and the old records go on regardless
                 log.error("reload failed", reason=str(exc))

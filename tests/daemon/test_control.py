@@ -985,3 +985,19 @@ def test_a_bad_portal_is_an_invalid_request() -> None:
     from pyiscsid.protocol.discovery import PortalFormatError
 
     assert error_for(PortalFormatError("portal 'bad!host': not a host name")).code == "invalid"
+
+
+async def test_a_new_control_group_takes_effect_for_the_next_request(tmp_path: Path) -> None:
+    """SIGHUP hands the server a reloaded control.group: no restart needed."""
+    from pyiscsid.daemon.control import ControlServer, Peer
+
+    async def handler(op: str, args: dict[str, object], peer: Peer) -> dict[str, object]:
+        return {}
+
+    server = ControlServer(handler, control_group=None)
+    member = Peer(pid=1, uid=1000, gid=4242, groups=(4242,))
+    assert not server._may_change(member)
+    server.set_control_group("4242")  # a numeric group that names no /etc/group entry
+    assert server._may_change(member)
+    server.set_control_group(None)
+    assert not server._may_change(member)
