@@ -40,8 +40,15 @@ lint: venv
 	$(VENV)/bin/ruff check $(SOURCES)
 	$(VENV)/bin/ruff format --check $(SOURCES)
 
+# protocol/ on its own (it imports only itself); daemon/ and client/ import pyiscsid.*, so mypy
+# sees them through a tree of links that has the installed package's shape.
 typecheck: venv
 	$(VENV)/bin/mypy protocol
+	@mkdir -p .typecheck/pyiscsid
+	@for d in protocol daemon client; do ln -sfn $(CURDIR)/$$d .typecheck/pyiscsid/$$d; done
+	cd .typecheck && MYPYPATH=$(CURDIR)/.typecheck $(CURDIR)/$(VENV)/bin/mypy \
+	    --config-file $(CURDIR)/pyproject.toml --namespace-packages --explicit-package-bases \
+	    -p pyiscsid.daemon -p pyiscsid.client
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/protocol

@@ -78,12 +78,12 @@ def execute(invocation: Invocation) -> Output:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         # A result without the fields the README promises is a daemon bug; say so in one
         # line rather than with a traceback, and still let --format json show what came.
-        failure = ClientError(
+        malformed = ClientError(
             ExitCode.ISCSID_COMM_ERR,
             f"malformed result from pyiscsid for {invocation.op}: {type(e).__name__}: {e}",
             "malformed_reply",
         )
-        text = _error(invocation.view, failure)
+        text = _error(invocation.view, malformed)
     if invocation.json_output:
         # Same exit status as the text form, so that "$?" means one thing in every script.
         return _json(output.as_json(result), text.exit_code)

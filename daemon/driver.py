@@ -9,6 +9,7 @@ results. Supervision and recovery build on it (``session.py``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
 from collections.abc import Callable, Sequence
@@ -456,7 +457,7 @@ async def open_connection(
         try:
             async with asyncio.timeout(login_timeout):
                 _, conn = await loop.create_connection(
-                    lambda at=portal: IscsiConnection(config, at), portal.address, portal.port
+                    functools.partial(IscsiConnection, config, portal), portal.address, portal.port
                 )
                 await conn.wait_logged_in()
                 return conn

@@ -197,8 +197,8 @@ def read_ibft(path: Path | str = DEFAULT_IBFT_PATH) -> Firmware:
             problems.append(bad.problem)
             continue
         if target.nic_index is not None:
-            nic = nics.get(target.nic_index)
-            if nic is None:
+            found = nics.get(target.nic_index)
+            if found is None:
                 problems.append(
                     Problem(
                         directory / "nic-assoc",
@@ -207,7 +207,7 @@ def read_ibft(path: Path | str = DEFAULT_IBFT_PATH) -> Firmware:
                     )
                 )
             else:
-                target = replace(target, nic=nic)
+                target = replace(target, nic=found)
         targets.append(target)
     return Firmware(root, initiator, tuple(nics.values()), tuple(targets), tuple(problems))
 

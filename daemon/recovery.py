@@ -69,7 +69,7 @@ class SessionLoggedOut(ISCSIError):
 def backoff(attempt: int, rng: Callable[[], float] = random.random) -> float:
     """Seconds to wait after failed attempt ``attempt`` (1, 2, ...): doubling up to a cap,
     with +-25% jitter so that many sessions of one target do not retry in step."""
-    base = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 1))
+    base = min(BACKOFF_CAP, BACKOFF_FIRST * 2.0 ** (attempt - 1))
     return base * (0.75 + 0.5 * rng())
 
 
@@ -110,6 +110,11 @@ class Recovery:
         self.totals = ConnectionStats()  # of the connections this session had before
         self._background: set[asyncio.Future[None]] = set()
 
+    def _logged_out(self) -> bool:
+        """Asked after an await: the state may have changed while we waited (a method, so
+        that type checkers do not carry an earlier answer over)."""
+        return self.state is SessionState.LOGGED_OUT
+
     def _move(self, new: SessionState) -> None:
         if new is not self.state and new not in _NEXT[self.state]:
             raise AssertionError(f"session state {self.state.name} -> {new.name}")
@@ -141,7 +146,7 @@ class Recovery:
             connection = self.connection
             assert connection is not None
             await connection.wait_closed()
-            if self.state is SessionState.LOGGED_OUT:
+            if self._logged_out():
                 return
             await self._recover(connection)
 
@@ -246,7 +251,7 @@ class Recovery:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._kick.wait(), delay)
             self._kick.clear()
-            if self.state is SessionState.LOGGED_OUT:
+            if self._logged_out():
                 return
             attempt += 1
             self._move(SessionState.REOPEN)
@@ -277,7 +282,7 @@ class Recovery:
                     return
                 delay = backoff(attempt)
                 continue
-            if self.state is SessionState.LOGGED_OUT:  # logged out while we logged in
+            if self._logged_out():  # logged out while we logged in
                 await _quiet_logout(connection)
                 return
             self._use(connection)
