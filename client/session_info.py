@@ -158,6 +158,9 @@ def _devices(output: Output, session: Mapping[str, Any]) -> None:
         )
         if lun.get("export"):
             output.out(f"{_IN}\tNBD export: {lun['export']}")
+            output.out(
+                f"{_IN}\tAttach: nbd-client -unix {NBD_SOCKET} -N '{lun['export']}' /dev/nbdN"
+            )
 
 
 def session_tree(result: Mapping[str, Any], level: int) -> Output:
@@ -203,6 +206,9 @@ def session_tree(result: Mapping[str, Any], level: int) -> Output:
                     _devices(output, session)
     return output
 
+
+# Where pyiscsid serves the LUNs by default (pyiscsid --nbd-socket).
+NBD_SOCKET = "/run/pyiscsid/nbd.sock"
 
 # pyiscsid's own counters, printed after iscsiadm's two blocks.
 _PYISCSID_STATS = ("reconnects", "nop_rtt_ms")

@@ -29,6 +29,7 @@ from .config import DaemonConfig, load_config
 from .control import DEFAULT_SOCKET, ControlServer
 from .identity import load_or_create_initiator_name
 from .linkwatch import LinkWatch
+from .nbd import NbdServer
 from .nodedb import NodeDB
 from .notify import Notifier, Watchdog, watchdog_interval
 from .supervisor import VERSION, Supervisor
@@ -36,6 +37,7 @@ from .supervisor import VERSION, Supervisor
 DEFAULT_CONFIG = "/etc/pyiscsid/pyiscsid.conf"
 DEFAULT_INITIATOR_NAME = "/etc/pyiscsid/initiatorname.iscsi"
 DEFAULT_STATE_DIR = "/var/lib/pyiscsid"
+DEFAULT_NBD_SOCKET = "/run/pyiscsid/nbd.sock"
 SHUTDOWN_TIMEOUT = 30.0
 STATUS_INTERVAL = 2.0  # seconds between checks of the STATUS= line
 
@@ -54,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--state-dir", default=DEFAULT_STATE_DIR, help="node database (%(default)s)"
     )
     parser.add_argument("--socket", default=DEFAULT_SOCKET, help="control socket (%(default)s)")
+    parser.add_argument(
+        "--nbd-socket", default=DEFAULT_NBD_SOCKET, help="NBD socket serving the LUNs (%(default)s)"
+    )
     parser.add_argument("--foreground", action="store_true", help="accepted; always foreground")
     parser.add_argument(
         "--log",
@@ -103,13 +108,15 @@ async def _serve(
         for problem in nodedb.load():
             log.error("damaged record skipped", path=str(problem.path), reason=problem.message)
         _register_secrets(config, nodedb)
-        supervisor = Supervisor(config, nodedb, initiator_name, logger=log)
+        nbd = NbdServer()
+        supervisor = Supervisor(config, nodedb, initiator_name, logger=log, nbd=nbd)
         server = ControlServer(supervisor.handle, control_group=config.control_group, logger=log)
         handed = activated_socket()
         if handed is not None:
             await server.start_from_socket(handed)
         else:
             await server.start(args.socket)
+        await nbd.start_unix(args.nbd_socket)  # after: no other daemon answers on our socket
         log.info(
             "started", initiator_name=initiator_name, socket=str(server.path or args.socket),
             activated=handed is not None, state_dir=args.state_dir, nodes=len(nodedb.nodes()),
@@ -139,6 +146,7 @@ async def _serve(
         await asyncio.gather(logins, *systemd_tasks, return_exceptions=True)
         await links.close()
         await server.close()
+        await nbd.close()  # NBD clients go first: nothing may reach a session being logged out
         try:
             async with asyncio.timeout(SHUTDOWN_TIMEOUT):
                 await supervisor.shutdown()

@@ -474,8 +474,10 @@ class NbdServer:
             del self._clients[task]
 
     async def start_unix(self, path: str | os.PathLike[str], mode: int = 0o660) -> None:
-        """Listen on a Unix socket, replacing a stale one left by an earlier daemon."""
+        """Listen on a Unix socket, replacing a stale one left by an earlier daemon (the
+        daemon starts this after its control socket proved that no other one is running)."""
         path = os.fspath(path)
+        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         server = await asyncio.start_unix_server(self._accept, path, limit=1 << 20)

@@ -133,6 +133,7 @@ class Session:
             admit=self._admit,
         )
         self.failed_luns: dict[int, str] = {}
+        self.exports: dict[int, str] = {}  # LUN -> its NBD export name, while served
 
     @property
     def connection(self) -> IscsiConnection | None:
@@ -249,6 +250,12 @@ class Session:
             "state": state,
         }
 
+    def _lun_details(self, lun: LunInfo) -> dict[str, Any]:
+        details = lun.as_dict()
+        if lun.lun in self.exports:
+            details["export"] = self.exports[lun.lun]
+        return details
+
     def details(self) -> dict[str, Any]:
         info = self.summary()
         parameters: dict[str, Any] = {}
@@ -263,7 +270,7 @@ class Session:
             isid=f"{self.config.isid:012x}",
             initiator_name=self.config.initiator_name,
             local_address=self.connection.local_address if self.connection else None,
-            luns=[lun.as_dict() for lun in self.luns],
+            luns=[self._lun_details(lun) for lun in self.luns],
             stats=self.recovery.stats(),
         )
         return info

@@ -23,6 +23,7 @@ from .config import DaemonConfig
 from .control import InvalidRequest, NoRecords, Peer, SessionExists, SessionNotFound, error_for
 from .driver import discover
 from .firmware import Chap, Firmware, FirmwareTarget, Nic, read_ibft
+from .nbd import LunExport, NbdServer
 from .nodedb import NodeDB, NodeExists, NodeRecord
 from .recovery import SessionState
 from .session import Session
@@ -155,8 +156,10 @@ class Supervisor:
         initiator_name: str,
         *,
         logger: Any = None,
+        nbd: NbdServer | None = None,
     ) -> None:
         self.config = config
+        self.nbd = nbd  # serves each logged-in disk LUN
         self.nodedb = nodedb
         self.initiator_name = initiator_name
         self.log = logger or structlog.get_logger("pyiscsid.supervisor")
@@ -321,6 +324,7 @@ class Supervisor:
                     )  # fmt: skip
                     await asyncio.sleep(min(2.0 * attempt, 10.0))
             self.sessions[session.sid] = session
+            await self._export(session)
             self.log.info(
                 "logged in", ISCSI_TARGET=record.target, ISCSI_PORTAL=record.portal,
                 ISCSI_SID=session.sid, ISCSI_EVENT="login", luns=len(session.luns),
@@ -400,6 +404,33 @@ class Supervisor:
 
     # ------------------------------------------------------------- logouts
 
+    async def _export(self, session: Session) -> None:
+        """Serve each disk LUN of a new session over NBD as ``<target-iqn>/<lun>``."""
+        if self.nbd is None:
+            return
+        for lun in session.luns:
+            if lun.device_type != 0 or lun.size <= 0:
+                continue
+            try:
+                async with asyncio.timeout(session.login_timeout):
+                    export = await LunExport.probe(session, lun)
+            except (ISCSIError, TimeoutError) as exc:
+                self.log.warning("lun not exported", lun=lun.lun, reason=str(exc))
+                continue
+            self.nbd.add(export)
+            session.exports[lun.lun] = export.name
+            self.log.info(
+                "exported", export=export.name, ISCSI_TARGET=session.target,
+                ISCSI_SID=session.sid, ISCSI_EVENT="nbd_export",
+            )  # fmt: skip
+
+    def _unexport(self, session: Session) -> None:
+        if self.nbd is None:
+            return
+        for name in session.exports.values():
+            self.nbd.remove(name)
+        session.exports.clear()
+
     async def _logout(self, sessions: Iterable[Session]) -> list[dict[str, Any]]:
         async def one(session: Session) -> dict[str, Any]:
             entry: dict[str, Any] = {
@@ -407,6 +438,7 @@ class Supervisor:
                 "target": session.target,
                 "portal": session.portal.address_port,
             }
+            self._unexport(session)
             try:
                 await session.logout()
                 entry["ok"] = True

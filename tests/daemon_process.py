@@ -72,6 +72,10 @@ class Daemon:
     def socket(self) -> Path:
         return (self.socket_dir or self.root / "run") / "control.sock"
 
+    @property
+    def nbd_socket(self) -> Path:
+        return self.socket.parent / "nbd.sock"
+
     def argv(self) -> list[str]:
         return [
             str(BIN / "pyiscsid"),
@@ -79,6 +83,7 @@ class Daemon:
             "--initiator-name-file", str(self.initiator_name_file),
             "--state-dir", str(self.state_dir),
             "--socket", str(self.socket),
+            "--nbd-socket", str(self.nbd_socket),
             "--log", "json",
         ]  # fmt: skip
 

@@ -535,6 +535,7 @@ LEVEL3 = [
     "\t\tLun: 1\tSize: 64.0 MiB (67108864 bytes)\tBlock size: 512",
     "\t\t\tVendor: IET\tProduct: VIRTUAL-DISK\tRevision: 0001",
     f"\t\t\tNBD export: {IQN1}/1",
+    f"\t\t\tAttach: nbd-client -unix /run/pyiscsid/nbd.sock -N '{IQN1}/1' /dev/nbdN",
 ]
 
 

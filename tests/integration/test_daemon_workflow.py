@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -318,3 +319,24 @@ def test_shutdown_never_logs_out_an_onboot_session(two_targets: TgtDisk, daemon:
     out = [e for e in events if e.get("event") == "logged out"]
     assert [e["ISCSI_TARGET"] for e in kept] == [DISK2]
     assert [e["ISCSI_TARGET"] for e in out] == [tgt.iqn]
+
+
+def test_a_logged_in_lun_is_served_over_nbd_until_logout(tgt: TgtDisk, daemon: Daemon) -> None:
+    portal = portal_of(tgt)
+    assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
+    assert daemon.client("-m", "node", "--login").returncode == 0
+    uri = f"nbd+unix:///?socket={daemon.nbd_socket}"
+    listed = subprocess.run(
+        ["nbdinfo", "--list", "--json", uri], capture_output=True, text=True, timeout=30
+    )
+    assert listed.returncode == 0, listed.stderr
+    exports = json.loads(listed.stdout)["exports"]
+    assert [e["export-name"] for e in exports] == [f"{tgt.iqn}/1"]
+    assert exports[0]["export-size"] == tgt.size
+    detail = daemon.client("-m", "session", "-P", "3").stdout
+    assert f"NBD export: {tgt.iqn}/1" in detail
+    assert daemon.client("-m", "node", "--logout").returncode == 0
+    gone = subprocess.run(
+        ["nbdinfo", "--list", "--json", uri], capture_output=True, text=True, timeout=30
+    )
+    assert gone.returncode == 0 and json.loads(gone.stdout)["exports"] == []
