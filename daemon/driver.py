@@ -25,7 +25,7 @@ from pyiscsid.protocol.discovery import (
     parse_send_targets,
     send_targets_request,
 )
-from pyiscsid.protocol.errors import ISCSIError, TargetProtocolError
+from pyiscsid.protocol.errors import ISCSIError, TargetProtocolError, TaskAborted
 from pyiscsid.protocol.events import (
     CommandCompleted,
     CommandFailed,
@@ -50,7 +50,7 @@ from pyiscsid.protocol.pdu import (
 from pyiscsid.protocol.scsi import ScsiCommandError, ScsiStatus, lun_to_field
 from pyiscsid.protocol.sense import Sense, SenseFormatError, parse_sense
 
-from .escalation import TaskTimeouts, rescue
+from .escalation import TaskTimeouts, rescue, timed_out
 
 DEFAULT_LOGIN_TIMEOUT = 15.0  # open-iscsi's node.conn[0].timeo.login_timeout
 DEFAULT_LOGOUT_TIMEOUT = 15.0
@@ -128,6 +128,7 @@ class IscsiConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._writable = asyncio.Event()
         self._writable.set()
+        self._flush_scheduled = False
         self._error: ISCSIError | None = None
         self.on_event: Callable[[Event], None] | None = None  # async messages etc.
         self.log = structlog.get_logger("pyiscsid.connection").bind(
@@ -282,8 +283,30 @@ class IscsiConnection(asyncio.Protocol):
     def _await_tag(self, itt: int) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self._loop.create_future()
         self._waiters[itt] = future
-        self._flush()
+        self._flush_soon()
         return future
+
+    def _rescue(
+        self,
+        overdue: list[asyncio.Task[None]],
+        itt: int,
+        lun: int,
+        pending: asyncio.Future[Any],
+        timeouts: TaskTimeouts,
+    ) -> None:
+        """The command timer fired: task management takes over (:mod:`escalation`)."""
+        overdue.append(self._loop.create_task(rescue(self, itt, lun, pending, timeouts)))
+
+    def _flush_soon(self) -> None:
+        """Write at the end of this loop iteration: the commands that many tasks submit in
+        one iteration leave in one ``writelines`` (one system call), not one each."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
 
     # ---------------------------------------------------------- public API
 
@@ -365,10 +388,19 @@ class IscsiConnection(asyncio.Protocol):
             if timeouts is None:
                 event = await pending
             else:
+                # One timer handle, not a wait_for per command: this is the hot path.
+                overdue: list[asyncio.Task[None]] = []
+                timer = self._loop.call_later(
+                    timeouts.command, self._rescue, overdue, itt, lun, pending, timeouts
+                )
                 try:
-                    event = await asyncio.wait_for(asyncio.shield(pending), timeouts.command)
-                except TimeoutError:
-                    event = await rescue(self, itt, lun, pending, timeouts)
+                    event = await pending
+                except TaskAborted:
+                    if overdue:
+                        raise timed_out(lun, timeouts) from None
+                    raise
+                finally:
+                    timer.cancel()
             sense = _sense_or_none(event.sense)
             result = CommandResult(event.status, sense, event.data, event.residual_count)
             if not (sense is not None and sense.is_unit_attention and sense.is_power_on_reset):

@@ -9,7 +9,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pyiscsid.protocol.errors import ISCSIError, TaskAborted
+from pyiscsid.protocol.errors import ISCSIError
 from pyiscsid.protocol.pdu import TaskManagementFunction, TaskManagementResponse
 
 if TYPE_CHECKING:
@@ -40,12 +40,12 @@ async def rescue(
     lun: int,
     pending: asyncio.Future[Any],
     timeouts: TaskTimeouts,
-) -> Any:
+) -> None:
     """The task behind ``pending`` timed out: abort it, reset its LU, or drop the connection.
 
-    Returns the task's own completion if it arrives meanwhile; otherwise raises
-    :class:`CommandTimedOut` (the task was aborted) or lets the dropped connection's
-    error through.
+    Runs beside the command's own wait, which sees the outcome: the task's completion if it
+    arrives meanwhile, TaskAborted once the target confirmed an abort or reset (the caller
+    reports :class:`CommandTimedOut`), or the dropped connection's error.
     """
     conn.log_event(
         "command timed out", itt=f"0x{initiator_task_tag:08x}", lun=lun,
@@ -56,7 +56,7 @@ async def rescue(
         (TaskManagementFunction.LOGICAL_UNIT_RESET, timeouts.lu_reset),
     ):
         if pending.done():
-            return pending.result()
+            return
         try:
             response = await asyncio.wait_for(
                 conn.task_management(function, lun=lun, referenced_task_tag=initiator_task_tag),
@@ -65,15 +65,16 @@ async def rescue(
         except TimeoutError:
             conn.log_event(f"{function.name} got no answer", seconds=limit, lun=lun)
             continue
+        except ISCSIError:
+            return  # the connection is gone: recovery has the command now
         if response in _DONE:
-            break
+            return
         conn.log_event(f"{function.name} refused", response=response, lun=lun)
-    else:
+    if not pending.done():
         conn.abort(f"task management got no answer for LUN {lun}: dropping the connection")
-        return await pending  # raises the connection's error: recovery takes over
-    try:
-        return await pending
-    except TaskAborted:
-        raise CommandTimedOut(
-            f"no answer from LUN {lun} in {timeouts.command:g} s: the command was aborted"
-        ) from None
+
+
+def timed_out(lun: int, timeouts: TaskTimeouts) -> CommandTimedOut:
+    return CommandTimedOut(
+        f"no answer from LUN {lun} in {timeouts.command:g} s: the command was aborted"
+    )
