@@ -123,6 +123,12 @@ def items(result: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
 # -- listings --------------------------------------------------------------------------
 
 
+def none_found(output: Output, message: str) -> None:
+    """iscsiadm's rule for an empty answer: say so on stderr and exit 21."""
+    output.err(message)
+    output.fail(ExitCode.NO_OBJS_FOUND)
+
+
 def discovery_targets(result: Mapping[str, Any]) -> Output:
     """``-m discovery -t st -p ...``: ``IP:PORT,TPGT IQN`` per target, then any logins."""
     output = Output()
@@ -130,8 +136,7 @@ def discovery_targets(result: Mapping[str, Any]) -> Output:
     for target in targets:
         output.out(f"{colon_portal(target['portal'])},{target['tpgt']} {target['name']}")
     if not targets:
-        output.err(NO_PORTALS)
-        output.fail(ExitCode.NO_OBJS_FOUND)
+        none_found(output, NO_PORTALS)
         return output
     if "logins" in result:
         login = logins(result)
@@ -147,8 +152,7 @@ def discovery_records(result: Mapping[str, Any]) -> Output:
     for record in records:
         output.out(f"{colon_portal(record['portal'])} via {record.get('type', 'sendtargets')}")
     if not records:
-        output.err(NO_RECORDS)
-        output.fail(ExitCode.NO_OBJS_FOUND)
+        none_found(output, NO_RECORDS)
     return output
 
 
@@ -159,8 +163,7 @@ def node_list(result: Mapping[str, Any]) -> Output:
     for node in nodes:
         output.out(f"{colon_portal(node['portal'])},{node.get('tpgt', -1)} {node['target']}")
     if not nodes:
-        output.err(NO_RECORDS)
-        output.fail(ExitCode.NO_OBJS_FOUND)
+        none_found(output, NO_RECORDS)
     return output
 
 
@@ -169,8 +172,7 @@ def node_tree(result: Mapping[str, Any]) -> Output:
     output = Output()
     nodes = items(result, "nodes")
     if not nodes:
-        output.err(NO_RECORDS)
-        output.fail(ExitCode.NO_OBJS_FOUND)
+        none_found(output, NO_RECORDS)
         return output
     grouped: dict[str, dict[str, list[str]]] = {}
     for node in nodes:
@@ -195,8 +197,7 @@ def node_records(result: Mapping[str, Any], *, show_secrets: bool = False) -> Ou
     output = Output()
     nodes = items(result, "nodes")
     if not nodes:
-        output.err(NO_RECORDS)
-        output.fail(ExitCode.NO_OBJS_FOUND)
+        none_found(output, NO_RECORDS)
         return output
     for node in nodes:
         settings = node.get("settings")
@@ -235,8 +236,7 @@ def node_changed(result: Mapping[str, Any], count_key: str) -> Output:
     """``-o update`` and ``-o delete`` print nothing, unless nothing matched (exit 21)."""
     output = Output()
     if result.get(count_key) == 0:
-        output.err(NO_RECORDS)
-        output.fail(ExitCode.NO_OBJS_FOUND)
+        none_found(output, NO_RECORDS)
     return output
 
 
@@ -247,8 +247,7 @@ def session_list(result: Mapping[str, Any]) -> Output:
     for session in sessions:
         output.out(session_line(session))
     if not sessions:
-        output.err(NO_SESSIONS)
-        output.fail(ExitCode.NO_OBJS_FOUND)
+        none_found(output, NO_SESSIONS)
     return output
 
 
@@ -294,8 +293,7 @@ def logins(result: Mapping[str, Any]) -> Output:
     output = Output()
     entries = items(result, "logins")
     if not entries:
-        output.err(NO_RECORDS)
-        output.fail(ExitCode.NO_OBJS_FOUND)
+        none_found(output, NO_RECORDS)
         return output
     already_present = False
     for entry in entries:
@@ -326,8 +324,7 @@ def logouts(result: Mapping[str, Any]) -> Output:
     output = Output()
     entries = items(result, "logouts")
     if not entries:
-        output.err(NO_MATCHING_SESSIONS)
-        output.fail(ExitCode.NO_OBJS_FOUND)
+        none_found(output, NO_MATCHING_SESSIONS)
         return output
     for entry in entries:
         output.out(f"Logging out of session {_session_tag(entry)}")

@@ -18,7 +18,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from pyiscsid.client.cli import DEFAULT_IFACE
-from pyiscsid.client.errors import ExitCode
 from pyiscsid.client.output import (
     EMPTY,
     MASK,
@@ -26,6 +25,7 @@ from pyiscsid.client.output import (
     Output,
     colon_portal,
     comma_portal,
+    none_found,
     text,
 )
 
@@ -173,8 +173,7 @@ def session_tree(result: Mapping[str, Any], level: int) -> Output:
     raw = result.get("sessions")
     sessions = [s for s in raw if isinstance(s, dict)] if isinstance(raw, list) else []
     if not sessions:
-        output.err(NO_SESSIONS)
-        output.fail(ExitCode.NO_OBJS_FOUND)
+        none_found(output, NO_SESSIONS)
         return output
     if level >= 3 and isinstance(result.get("version"), str):
         output.out(f"version {result['version']}")
@@ -220,8 +219,7 @@ def session_stats(result: Mapping[str, Any]) -> Output:
     output = Output()
     sessions = result.get("sessions") or []
     if not sessions:
-        output.err(NO_SESSIONS)
-        output.fail(ExitCode.NO_OBJS_FOUND)
+        none_found(output, NO_SESSIONS)
         return output
     for session in sessions:
         stats: Mapping[str, Any] = session.get("stats") or {}

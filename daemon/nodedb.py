@@ -138,11 +138,6 @@ def _frozen(values: Mapping[str, str]) -> Mapping[str, str]:
     return MappingProxyType(dict(values))
 
 
-def _host(address: str, port: int) -> str:
-    host = f"[{address}]" if ":" in address else address
-    return f"{host}:{port}"
-
-
 @dataclass(frozen=True)
 class NodeRecord:
     """One node: a target at one portal through one iface, and its settings.
@@ -168,7 +163,7 @@ class NodeRecord:
     @property
     def portal(self) -> str:
         """``address:port``, ``[v6]:port`` for IPv6: the form of iscsiadm's ``-p``."""
-        return _host(self.address, self.port)
+        return Portal(self.address, self.port).address_port
 
     @property
     def startup(self) -> str:
@@ -213,7 +208,7 @@ class DiscoveryRecord:
 
     @property
     def portal(self) -> str:
-        return _host(self.address, self.port)
+        return Portal(self.address, self.port).address_port
 
     def lines(self) -> list[tuple[str, str]]:
         head = [

@@ -51,10 +51,6 @@ def _error_dict(exc: BaseException) -> dict[str, Any]:
     return error_for(exc).to_json()
 
 
-def _portal_text(record: NodeRecord) -> str:
-    return record.portal
-
-
 def _firmware_settings(target: FirmwareTarget) -> list[tuple[str, str]]:
     """The node settings a firmware target dictates: started at boot, and exactly the
     table's CHAP (stale credentials from an older record would fail the login)."""
@@ -204,7 +200,7 @@ class Supervisor:
     def _node_summary(record: NodeRecord) -> dict[str, Any]:
         return {
             "target": record.target,
-            "portal": _portal_text(record),
+            "portal": record.portal,
             "tpgt": record.tpgt,
             "iface": record.iface,
         }
