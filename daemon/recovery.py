@@ -352,7 +352,11 @@ class Recovery:
         """
         retries = 0
         while True:
-            connection = await self._usable()
+            connection = self.connection
+            if not (
+                self.state is SessionState.LOGGED_IN and connection is not None and connection.alive
+            ):
+                connection = await self._usable()
             if self._admit is not None:
                 self._admit(command)
             try:

@@ -6,13 +6,12 @@ past tense; fields carry the RFC 7143 names in snake case.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from .errors import ISCSIError
 from .negotiation import SessionParameters
+from .record import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Event:
     """Base of every event."""
 
@@ -20,7 +19,7 @@ class Event:
 # ------------------------------------------------------------------ login
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LoginCompleted(Event):
     """The final Login Response moved the connection to full-feature phase (RFC 7143 6.3)."""
 
@@ -30,7 +29,7 @@ class LoginCompleted(Event):
     target_alias: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LoginRedirected(Event):
     """Status-Class 1: log in again at ``address`` (RFC 7143 section 11.13.5)."""
 
@@ -39,7 +38,7 @@ class LoginRedirected(Event):
     permanent: bool
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LoginFailed(Event):
     """The login cannot succeed; ``error`` names why (a :class:`LoginRejected`,
     :class:`AuthenticationError` or :class:`NegotiationError`)."""
@@ -50,7 +49,7 @@ class LoginFailed(Event):
 # ------------------------------------------------------------------ full-feature phase
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CommandCompleted(Event):
     """A SCSI command ended with a status from the target (RFC 7143 sections 11.4, 11.7).
 
@@ -68,7 +67,7 @@ class CommandCompleted(Event):
     residual_count: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CommandFailed(Event):
     """A SCSI command ended without a SCSI status: rejected, aborted, target failure."""
 
@@ -76,7 +75,7 @@ class CommandFailed(Event):
     error: ISCSIError
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PingCompleted(Event):
     """The target answered our NOP-Out (RFC 7143 section 11.19)."""
 
@@ -85,7 +84,7 @@ class PingCompleted(Event):
     round_trip: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class PingTimedOut(Event):
     """No NOP-In came back within the NOP timeout: the connection must be dropped."""
 
@@ -93,14 +92,14 @@ class PingTimedOut(Event):
     waited: float
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TargetPinged(Event):
     """The target sent a NOP-In that asks for an answer; the core has queued the NOP-Out."""
 
     target_transfer_tag: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AsyncMessageReceived(Event):
     """Asynchronous Message (RFC 7143 section 11.9); the daemon decides what to do with it."""
 
@@ -113,7 +112,7 @@ class AsyncMessageReceived(Event):
     async_vcode: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RejectReceived(Event):
     """The target rejected one of our PDUs (RFC 7143 section 11.17)."""
 
@@ -122,7 +121,7 @@ class RejectReceived(Event):
     rejected_task_tag: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TaskManagementCompleted(Event):
     """A Task Management Function Response arrived (RFC 7143 section 11.6)."""
 
@@ -132,7 +131,7 @@ class TaskManagementCompleted(Event):
     referenced_task_tag: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class TextExchangeCompleted(Event):
     """The last Text Response of an exchange arrived; ``pairs`` is the whole key=value text."""
 
@@ -140,7 +139,7 @@ class TextExchangeCompleted(Event):
     pairs: list[tuple[str, str]]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class LogoutCompleted(Event):
     """The target answered our Logout Request (RFC 7143 section 11.15)."""
 

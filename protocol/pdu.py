@@ -10,11 +10,11 @@ only the layout of one header.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, TypeAlias, TypeVar
 
 from .errors import InitiatorProtocolError, TargetProtocolError
+from .record import record
 
 Buffer: TypeAlias = bytes | bytearray | memoryview
 
@@ -168,7 +168,7 @@ def _head(first: int, flags: int, b2: int, b3: int, ahs_len: int, data_len: int)
     return (first, flags, b2, b3, ((ahs_len // 4) << 24) | data_len)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Pdu:
     """Common to all PDUs: the data segment (without padding or digest)."""
 
@@ -187,7 +187,7 @@ class Pdu:
 # ---------------------------------------------------------------- initiator PDUs
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class NopOut(Pdu):
     """NOP-Out (RFC 7143 section 11.18): a ping, or the answer to a target's NOP-In."""
 
@@ -221,7 +221,7 @@ class NopOut(Pdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ScsiCommand(Pdu):
     """SCSI Command (RFC 7143 section 11.3). CDBs over 16 bytes go in an Extended CDB AHS."""
 
@@ -284,7 +284,7 @@ class ScsiCommand(Pdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class TaskManagementRequest(Pdu):
     """SCSI Task Management Function Request (RFC 7143 section 11.5)."""
 
@@ -322,7 +322,7 @@ def _stage_flags(transit: bool, cont: bool, csg: LoginStage, nsg: LoginStage) ->
     return (0x80 if transit else 0) | (0x40 if cont else 0) | (csg << 2) | (nsg if transit else 0)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class LoginRequest(Pdu):
     """Login Request (RFC 7143 section 11.12). Always immediate."""
 
@@ -363,7 +363,7 @@ class LoginRequest(Pdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class TextRequest(Pdu):
     """Text Request (RFC 7143 section 11.10)."""
 
@@ -397,7 +397,7 @@ class TextRequest(Pdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DataOut(Pdu):
     """SCSI Data-Out (RFC 7143 section 11.7)."""
 
@@ -427,7 +427,7 @@ class DataOut(Pdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class LogoutRequest(Pdu):
     """Logout Request (RFC 7143 section 11.14)."""
 
@@ -456,7 +456,7 @@ class LogoutRequest(Pdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SnackRequest(Pdu):
     """SNACK Request (RFC 7143 section 11.16); only meaningful at ErrorRecoveryLevel > 0."""
 
@@ -489,7 +489,7 @@ class SnackRequest(Pdu):
 # ---------------------------------------------------------------- target PDUs
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class TargetPdu(Pdu):
     """Every target PDU but Data-In without status carries StatSN, ExpCmdSN and MaxCmdSN."""
 
@@ -498,7 +498,7 @@ class TargetPdu(Pdu):
     max_cmd_sn: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class NopIn(TargetPdu):
     """NOP-In (RFC 7143 section 11.19): an answer to our ping, or the target's own ping."""
 
@@ -524,7 +524,7 @@ class NopIn(TargetPdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class ScsiResponse(TargetPdu):
     """SCSI Response (RFC 7143 section 11.4). Its data segment holds SenseLength + sense."""
 
@@ -584,7 +584,7 @@ class ScsiResponse(TargetPdu):
         return view[2 : 2 + length]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class TaskManagementResponsePdu(TargetPdu):
     """SCSI Task Management Function Response (RFC 7143 section 11.6)."""
 
@@ -608,7 +608,7 @@ class TaskManagementResponsePdu(TargetPdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class LoginResponse(TargetPdu):
     """Login Response (RFC 7143 section 11.13)."""
 
@@ -650,7 +650,7 @@ class LoginResponse(TargetPdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class TextResponse(TargetPdu):
     """Text Response (RFC 7143 section 11.11)."""
 
@@ -680,7 +680,7 @@ class TextResponse(TargetPdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DataIn(TargetPdu):
     """SCSI Data-In (RFC 7143 section 11.7). StatSN and Status are valid only with S set."""
 
@@ -732,7 +732,7 @@ class DataIn(TargetPdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class LogoutResponse(TargetPdu):
     """Logout Response (RFC 7143 section 11.15)."""
 
@@ -759,7 +759,7 @@ class LogoutResponse(TargetPdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class R2T(TargetPdu):
     """Ready To Transfer (RFC 7143 section 11.8). Its StatSN field is reserved-ish: the target
     carries the next StatSN but does not advance it."""
@@ -791,7 +791,7 @@ class R2T(TargetPdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class AsyncMessage(TargetPdu):
     """Asynchronous Message (RFC 7143 section 11.9)."""
 
@@ -821,7 +821,7 @@ class AsyncMessage(TargetPdu):
         )  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Reject(TargetPdu):
     """Reject (RFC 7143 section 11.17); its data segment is the header of the rejected PDU."""
 
