@@ -56,7 +56,8 @@ class DaemonConfig:
     ``node_defaults`` holds every node setting: the values new node records start from.
     ``discovery`` holds every ``discovery.sendtargets.*`` setting. ``control_group`` is the
     group allowed to change things besides root (None: root only). ``ibft_path`` is where
-    ``-m fw`` reads the firmware's boot targets (a built tree in tests).
+    ``-m fw`` reads the firmware's boot targets (a built tree in tests); ``mountinfo_path``
+    and ``sysfs_path`` are where shutdown looks for the disk holding ``/`` (:mod:`rootdisk`).
     """
 
     path: Path = DEFAULT_CONFIG_PATH
@@ -70,6 +71,8 @@ class DaemonConfig:
     log_level: str = settings.SETTINGS["log.level"].default
     shutdown_timeout: float = float(settings.SETTINGS["daemon.shutdown_timeout"].default)
     ibft_path: Path = Path(settings.SETTINGS["firmware.ibft_path"].default)
+    mountinfo_path: Path = Path(settings.SETTINGS["rootdisk.mountinfo_path"].default)
+    sysfs_path: Path = Path(settings.SETTINGS["rootdisk.sysfs_path"].default)
 
 
 def load_config(path: Path = DEFAULT_CONFIG_PATH) -> DaemonConfig:
@@ -94,10 +97,15 @@ def load_config(path: Path = DEFAULT_CONFIG_PATH) -> DaemonConfig:
         control_group=daemon["control.group"] or None,
         log_level=daemon["log.level"],
         shutdown_timeout=float(daemon["daemon.shutdown_timeout"]),
-        ibft_path=Path(
-            daemon["firmware.ibft_path"] or settings.SETTINGS["firmware.ibft_path"].default
-        ),
+        ibft_path=_path(daemon, "firmware.ibft_path"),
+        mountinfo_path=_path(daemon, "rootdisk.mountinfo_path"),
+        sysfs_path=_path(daemon, "rootdisk.sysfs_path"),
     )
+
+
+def _path(daemon: Mapping[str, str], key: str) -> Path:
+    """A path setting; empty means the default."""
+    return Path(daemon[key] or settings.SETTINGS[key].default)
 
 
 def _parse(path: Path, text: str) -> dict[str, str]:

@@ -32,6 +32,8 @@ from .linkwatch import LinkWatch
 from .nbd import NbdServer
 from .nodedb import NodeDB
 from .notify import Notifier, Watchdog, watchdog_interval
+from .rootdisk import spare_from_final_kill
+from .shutdown import sessions_to_keep
 from .supervisor import VERSION, Supervisor
 
 DEFAULT_CONFIG = "/etc/pyiscsid/pyiscsid.conf"
@@ -59,6 +61,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--nbd-socket", default=DEFAULT_NBD_SOCKET, help="NBD socket serving the LUNs (%(default)s)"
     )
+    parser.add_argument(
+        "--nbd-listen",
+        type=listen_address,
+        metavar="HOST:PORT",
+        help="also serve NBD on TCP, e.g. 127.0.0.1:10809 or [::1]:10809 (default: off; NBD "
+        "has no authentication, so an address that is not loopback is logged as a warning)",
+    )
     parser.add_argument("--foreground", action="store_true", help="accepted; always foreground")
     parser.add_argument(
         "--log",
@@ -68,6 +77,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--version", action="version", version=f"pyiscsid {VERSION}")
     return parser.parse_args(argv)
+
+
+def listen_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` for ``--nbd-listen``: an IPv4 address or a name, or an IPv6 address in
+    brackets; an empty host means every address."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not HOST:PORT (e.g. 127.0.0.1:10809 or [::1]:10809)"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: write an IPv6 address in brackets, e.g. [::1]:10809"
+        )
+    return host, int(port)
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -117,6 +143,13 @@ async def _serve(
         else:
             await server.start(args.socket)
         await nbd.start_unix(args.nbd_socket)  # after: no other daemon answers on our socket
+        if args.nbd_listen is not None:
+            try:
+                await nbd.start_tcp(*args.nbd_listen)
+            except OSError as exc:
+                await nbd.close()
+                await server.close()
+                raise ListenError(_listen_failure(args.nbd_listen, exc)) from exc
         log.info(
             "started", initiator_name=initiator_name, socket=str(server.path or args.socket),
             activated=handed is not None, state_dir=args.state_dir, nodes=len(nodedb.nodes()),
@@ -137,24 +170,44 @@ async def _serve(
             ),
         ]
         await stop.wait()
-        leaving = [s for s in supervisor.sessions.values() if s.startup != "onboot"]
-        notifier.stopping(f"logging out of {_plural(len(leaving), 'session')}")
-        log.info("stopping", sessions=len(supervisor.sessions))
-        for task in systemd_tasks:
+        for task in [logins, *systemd_tasks]:
             task.cancel()
-        logins.cancel()
         await asyncio.gather(logins, *systemd_tasks, return_exceptions=True)
-        await links.close()
         await server.close()
-        await nbd.close()  # NBD clients go first: nothing may reach a session being logged out
-        try:
-            async with asyncio.timeout(SHUTDOWN_TIMEOUT):
-                await supervisor.shutdown()
-        except TimeoutError:
-            log.error("logout did not finish in time", timeout=SHUTDOWN_TIMEOUT)
+        await _stop(supervisor, nbd, notifier, log)
+        await links.close()  # last: a disk still served recovers from link events too
         log.info("stopped")
     finally:
         nodedb.close()
+
+
+async def _stop(supervisor: Supervisor, nbd: NbdServer, notifier: Notifier, log: Any) -> None:
+    """Log out of every session but those :mod:`shutdown` keeps; serve the kept disks
+    that an NBD client still uses (``/`` among them) until it lets go of them."""
+    keep = sessions_to_keep(supervisor.sessions, nbd.clients(), supervisor.config, log)
+    kept = {name for sid in keep for name in supervisor.sessions[sid].exports.values()}
+    leaving = len(supervisor.sessions) - len(keep)
+    notifier.stopping(f"logging out of {_plural(leaving, 'session')}")
+    log.info("stopping", sessions=len(supervisor.sessions), kept=len(keep))
+    # The other disks' NBD clients go first: nothing may reach a session being logged out.
+    await nbd.close(keep=kept)
+    try:
+        async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+            await supervisor.shutdown(keep)
+    except TimeoutError:
+        log.error("logout did not finish in time", timeout=SHUTDOWN_TIMEOUT)
+    in_use = nbd.exports_in_use() & kept
+    if in_use:
+        spared = spare_from_final_kill()
+        notifier.status(f"serving {_plural(len(in_use), 'disk')} in use until the system halts")
+        log.warning(
+            "staying up to serve disks in use", exports=sorted(in_use),
+            spared_from_final_kill=spared, ISCSI_EVENT="serving_at_shutdown",
+        )  # fmt: skip
+        await nbd.wait_unused(in_use)
+        log.info("disks no longer in use", exports=sorted(in_use))
+    await nbd.close()
+    await supervisor.release()
 
 
 def activated_socket() -> socket.socket | None:
@@ -181,6 +234,17 @@ def activated_socket() -> socket.socket | None:
 
 class ActivationError(ISCSIError):
     """systemd handed over something that cannot be the control socket."""
+
+
+class ListenError(ISCSIError):
+    """``--nbd-listen`` names an address the daemon cannot listen on."""
+
+
+def _listen_failure(address: tuple[str, int], exc: OSError) -> str:
+    host, port = address
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+    return f"--nbd-listen {where}: cannot listen there: {reason}"
 
 
 def _plural(count: int, noun: str) -> str:

@@ -1,18 +1,25 @@
 """An NBD server that carries each logged-in LUN to the host.
 
 open-iscsi hands a LUN to the kernel, which makes it /dev/sdX. pyiscsid carries the data
-itself, so it speaks NBD (fixed newstyle, simple replies) on a Unix socket: ``nbd-client``,
-qemu, ``nbdcopy`` and ``qemu-img`` then reach the LUN, and every NBD request becomes SCSI
-commands through :meth:`Session.execute`, which holds them across session recovery.
+itself, so it speaks NBD (fixed newstyle; simple replies, or structured replies and the
+``base:allocation`` metadata context when the client asks for them) on a Unix socket, and
+on TCP when the admin asks: ``nbd-client``, qemu, ``nbdcopy`` and ``qemu-img`` then reach
+the LUN, and every NBD request becomes SCSI commands through :meth:`Session.execute`, which
+holds them across session recovery.
+
+Each Unix-socket client is known by its ``SO_PEERCRED`` pid and uid and by the export it
+opened (:meth:`NbdServer.clients`), so the daemon can tell which process uses which disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
+import socket
 import struct
-from collections.abc import Awaitable
+from collections.abc import Collection, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -31,19 +38,43 @@ log = structlog.get_logger("pyiscsid.nbd")
 DEFAULT_MAX_TRANSFER = 1024 * 1024  # per SCSI command when the target reports no limit
 MAX_IN_FLIGHT = 64  # requests per client; the reader stops reading beyond this
 LBA_OUT_OF_RANGE = 0x21  # ASC of ILLEGAL REQUEST, "logical block address out of range"
+BASE_ALLOCATION_ID = 1  # our id for base:allocation in NBD_REP_META_CONTEXT and block status
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+_WRITING = frozenset({Command.WRITE, Command.WRITE_ZEROES, Command.TRIM})
 
 
 class NbdRequestError(Exception):
-    """A request fails with this NBD error number; the connection lives on."""
+    """A request fails with this NBD error number; the connection lives on. The message
+    reaches structured-reply clients in the error chunk, so it says what was wrong;
+    ``offset``, when known, is the place inside the request where it went wrong."""
 
-    def __init__(self, error: int, reason: str) -> None:
+    def __init__(self, error: int, reason: str, offset: int | None = None) -> None:
         super().__init__(reason)
         self.error = error
+        self.offset = offset
+
+
+class NbdIOError(NbdRequestError):
+    """The request was fine but the disk failed it (the target refused it, or the session
+    gave up after ``replacement_timeout``): unlike a client's mistake, worth a warning."""
+
+
+@dataclass(frozen=True)
+class NbdClientInfo:
+    """Who is connected: the peer's pid and uid from ``SO_PEERCRED`` (taken by the kernel at
+    ``connect()``; None over TCP, and the pid None for a peer in another pid namespace) and
+    the export it opened with NBD_OPT_GO or NBD_OPT_EXPORT_NAME (None while negotiating)."""
+
+    pid: int | None
+    uid: int | None
+    export: str | None
 
 
 class Export(Protocol):
     """What the server serves. Offsets and lengths reaching these methods are already
-    checked: inside the disk and multiples of ``block_size``."""
+    checked: inside the disk and multiples of ``block_size``. A failure is an
+    :class:`NbdRequestError` (best: :class:`NbdIOError` with the offset), an
+    :class:`ISCSIError` or an :class:`OSError`."""
 
     name: str
     size: int
@@ -77,6 +108,20 @@ def _errno_for(exc: BaseException, writing: bool) -> int:
         if exc.sense.key == SenseKey.ILLEGAL_REQUEST and exc.sense.asc == LBA_OUT_OF_RANGE:
             return wire.ENOSPC if writing else wire.EINVAL
     return wire.EIO
+
+
+def _peer_credentials(writer: asyncio.StreamWriter) -> tuple[int | None, int | None]:
+    """``(pid, uid)`` of a Unix-socket peer, as the kernel recorded them at ``connect()``;
+    ``(None, None)`` over TCP, where SO_PEERCRED says nothing (pid 0, uid -1)."""
+    sock = writer.get_extra_info("socket")
+    if sock is None or sock.family != socket.AF_UNIX:
+        return None, None
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    except OSError:
+        return None, None
+    pid, uid, _ = _UCRED.unpack(raw)
+    return (pid if pid > 0 else None), uid
 
 
 @dataclass
@@ -159,64 +204,93 @@ class LunExport:
         if whole and result.residual_count:
             raise ISCSIError(f"short transfer: {result.residual_count} bytes not moved")
 
-    async def _all(self, commands: list[Awaitable[None]]) -> None:
-        """Pieces of one request go out together; the session's command window paces them."""
-        if len(commands) == 1:
-            await commands[0]
+    async def _all(
+        self, what: str, offset: int, pieces: list[tuple[int, Coroutine[Any, Any, None]]]
+    ) -> None:
+        """The pieces (byte offset into the request, command) of one request go out
+        together, paced by the session's command window, and all of them finish before the
+        request does: a write is never reported failed while a piece of it may still land.
+        A failure is reported at the first piece that failed, as an offset into the disk."""
+        writing = what != "READ"
+        if len(pieces) == 1:  # the common case: no task, no gather
+            at, command = pieces[0]
+            try:
+                await command
+            except ISCSIError as exc:
+                raise _failed(what, offset + at, exc, writing) from exc
             return
-        async with asyncio.TaskGroup() as group:
-            for command in commands:
-                group.create_task(command)  # type: ignore[arg-type]
+        results = await asyncio.gather(*(command for _, command in pieces), return_exceptions=True)
+        failed = [(at, r) for (at, _), r in zip(pieces, results, strict=True) if r is not None]
+        if not failed:
+            return
+        at, first = min(failed, key=lambda item: item[0])
+        if not isinstance(first, ISCSIError):
+            raise first
+        raise _failed(what, offset + at, first, writing) from first
 
     async def read(self, offset: int, length: int) -> bytearray:
         buffer = bytearray(length)
         view = memoryview(buffer)
-        await self._all(
-            [
-                self._run(
-                    scsi.read16(lba, blocks), read_buffer=view[at : at + blocks * self.block_size]
-                )
-                for lba, blocks, at in self._chunks(offset, length, self.max_transfer)
-            ]
-        )
+        size = self.block_size
+        pieces = [
+            (at, self._run(scsi.read16(lba, blocks), read_buffer=view[at : at + blocks * size]))
+            for lba, blocks, at in self._chunks(offset, length, self.max_transfer)
+        ]
+        await self._all("READ", offset, pieces)
         return buffer
 
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
-        await self._all(
-            [
+        size = self.block_size
+        pieces = [
+            (
+                at,
                 self._run(
-                    scsi.write16(lba, blocks, fua=fua),
-                    data_out=data[at : at + blocks * self.block_size],
-                )
-                for lba, blocks, at in self._chunks(offset, len(data), self.max_transfer)
-            ]
-        )
+                    scsi.write16(lba, blocks, fua=fua), data_out=data[at : at + blocks * size]
+                ),
+            )
+            for lba, blocks, at in self._chunks(offset, len(data), self.max_transfer)
+        ]
+        await self._all("WRITE", offset, pieces)
 
     async def flush(self) -> None:
-        await self._run(scsi.synchronize_cache16())
+        try:
+            await self._run(scsi.synchronize_cache16())
+        except ISCSIError as exc:
+            raise NbdIOError(_errno_for(exc, True), f"FLUSH: {exc}") from exc
 
     async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
-        await self._all(
-            [
+        size = self.block_size
+        pieces = [
+            (
+                at,
                 self._run(
-                    scsi.write16(lba, blocks, fua=fua),
-                    data_out=self._zeros[: blocks * self.block_size],
-                )
-                for lba, blocks, _ in self._chunks(offset, length, self.max_transfer)
-            ]
-        )
+                    scsi.write16(lba, blocks, fua=fua), data_out=self._zeros[: blocks * size]
+                ),
+            )
+            for lba, blocks, at in self._chunks(offset, length, self.max_transfer)
+        ]
+        await self._all("WRITE_ZEROES", offset, pieces)
 
     async def trim(self, offset: int, length: int) -> None:
         if not self.can_trim:
             raise NbdRequestError(wire.EINVAL, "UNMAP is not supported by this LUN")
         limit = self.max_unmap_blocks * self.block_size
-        for lba, blocks, _ in self._chunks(offset, length, limit):
+        for lba, blocks, at in self._chunks(offset, length, limit):
             parameters = scsi.unmap_parameter_list([(lba, blocks)])
-            await self._run(scsi.unmap(len(parameters)), whole=False, data_out=parameters)
+            try:
+                await self._run(scsi.unmap(len(parameters)), whole=False, data_out=parameters)
+            except ISCSIError as exc:
+                raise _failed("TRIM", offset + at, exc, writing=True) from exc
 
 
-def _flags(export: Export) -> int:
+def _failed(what: str, offset: int, exc: ISCSIError, writing: bool) -> NbdIOError:
+    return NbdIOError(_errno_for(exc, writing), f"{what} at offset {offset}: {exc}", offset)
+
+
+def _flags(export: Export, structured: bool) -> int:
     flags = TF.HAS_FLAGS | TF.SEND_FLUSH | TF.SEND_FUA | TF.SEND_WRITE_ZEROES | TF.CAN_MULTI_CONN
+    if structured:  # a read is always answered in one data chunk: "don't fragment" is free
+        flags |= TF.SEND_DF
     if export.read_only:
         flags |= TF.READ_ONLY
     if export.can_trim:
@@ -237,11 +311,22 @@ class _Client:
         self.server = server
         self.reader = reader
         self.writer = writer
+        self.pid, self.uid = _peer_credentials(writer)
         self.export: Export | None = None
+        self.export_name: str | None = None  # what the client opened, for clients()
         self.no_zeroes = False
+        self.structured = False  # NBD_OPT_STRUCTURED_REPLY was acknowledged
+        # The contexts of the last NBD_OPT_SET_META_CONTEXT and the export it named; they
+        # count only if the client then opens that same export.
+        self.meta_export: str | None = None
+        self.meta_contexts: tuple[str, ...] = ()
+        self.block_status = False  # transmission: base:allocation was selected for it
         self.requests: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self.log = log
+        self.log = log.bind(peer_pid=self.pid, peer_uid=self.uid) if self.uid is not None else log
+
+    def info(self) -> NbdClientInfo:
+        return NbdClientInfo(self.pid, self.uid, self.export_name)
 
     async def run(self) -> None:
         try:
@@ -263,6 +348,9 @@ class _Client:
         if not self.writer.is_closing():
             self.writer.writelines(parts)
 
+    def _refuse(self, option: int, reply: Reply, message: str) -> None:
+        self._send(wire.option_error(option, reply, message))
+
     async def _haggle(self) -> bool:
         """Options until one moves to transmission (True) or the client gives up (False)."""
         while True:
@@ -276,11 +364,15 @@ class _Client:
             data = await self.reader.readexactly(length)
             match option:
                 case Option.EXPORT_NAME:
-                    export = self.server.exports.get(data.decode(errors="replace"))
+                    name = data.decode(errors="replace")
+                    export = self.server.exports.get(name)
                     if export is None:
                         raise NbdProtocolError("NBD_OPT_EXPORT_NAME for an unknown export")
-                    self.export = export
-                    self._send(wire.export_name_reply(export.size, _flags(export), self.no_zeroes))
+                    self._open(export, name)
+                    reply = wire.export_name_reply(
+                        export.size, _flags(export, self.structured), self.no_zeroes
+                    )
+                    self._send(reply)
                     return True
                 case Option.ABORT:
                     self._send(wire.option_reply(option, Reply.ACK))
@@ -288,7 +380,7 @@ class _Client:
                     return False
                 case Option.LIST:
                     if data:
-                        self._send(wire.option_reply(option, Reply.ERR_INVALID))
+                        self._refuse(option, Reply.ERR_INVALID, "NBD_OPT_LIST carries no data")
                         continue
                     for name in list(self.server.exports):
                         raw = name.encode()
@@ -301,24 +393,76 @@ class _Client:
                 case Option.INFO | Option.GO:
                     if self._info(option, data) and option == Option.GO:
                         return True
+                case Option.STRUCTURED_REPLY:
+                    self._structured_reply(data)
+                case Option.LIST_META_CONTEXT | Option.SET_META_CONTEXT:
+                    self._meta_context(option, data)
                 case _:
-                    self._send(wire.option_reply(option, Reply.ERR_UNSUP))
+                    self._refuse(option, Reply.ERR_UNSUP, f"option {option} is not supported")
             await self.writer.drain()
+
+    def _open(self, export: Export, name: str) -> None:
+        """The client moves to transmission with ``export``: what it negotiated for that
+        export (and only that one) applies from now on."""
+        self.export = export
+        self.export_name = name
+        self.block_status = self.meta_export == name and wire.BASE_ALLOCATION in self.meta_contexts
+
+    def _structured_reply(self, data: bytes) -> None:
+        """NBD_OPT_STRUCTURED_REPLY: acknowledged once; again, or with data, is invalid (the
+        spec lets a server refuse a repeated state-changing option)."""
+        option = Option.STRUCTURED_REPLY
+        if data:
+            self._refuse(option, Reply.ERR_INVALID, "NBD_OPT_STRUCTURED_REPLY carries no data")
+        elif self.structured:
+            self._refuse(option, Reply.ERR_INVALID, "structured replies are already negotiated")
+        else:
+            self.structured = True
+            self._send(wire.option_reply(option, Reply.ACK))
+
+    def _meta_context(self, option: int, data: bytes) -> None:
+        """NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT, after structured replies
+        only. SET replaces the selection even when it fails, as the spec says."""
+        setting = option == Option.SET_META_CONTEXT
+        if setting:
+            self.meta_export, self.meta_contexts = None, ()
+        if not self.structured:
+            name = "NBD_OPT_SET_META_CONTEXT" if setting else "NBD_OPT_LIST_META_CONTEXT"
+            self._refuse(option, Reply.ERR_INVALID, f"{name} needs NBD_OPT_STRUCTURED_REPLY first")
+            return
+        try:
+            request = wire.parse_meta_context_request(data)
+            contexts = wire.select_meta_contexts(request.queries, listing=not setting)
+        except ValueError as exc:  # UnicodeDecodeError is one
+            self._refuse(option, Reply.ERR_INVALID, str(exc))
+            return
+        if request.name not in self.server.exports:
+            self._refuse(option, Reply.ERR_UNKNOWN, f"no export named {request.name!r}")
+            return
+        for context in contexts:  # listed ids are reserved: 0
+            context_id = BASE_ALLOCATION_ID if setting else 0
+            self._send(
+                wire.option_reply(
+                    option, Reply.META_CONTEXT, wire.meta_context(context_id, context)
+                )
+            )
+        if setting:
+            self.meta_export, self.meta_contexts = request.name, contexts
+        self._send(wire.option_reply(option, Reply.ACK))
 
     def _info(self, option: int, data: bytes) -> bool:
         """Answer NBD_OPT_INFO/GO; True when the export exists (and GO moves on)."""
         try:
             request = wire.parse_info_request(data)
-        except (ValueError, UnicodeDecodeError):
-            self._send(wire.option_reply(option, Reply.ERR_INVALID))
+        except ValueError as exc:  # UnicodeDecodeError is one
+            self._refuse(option, Reply.ERR_INVALID, str(exc))
             return False
         export = self.server.exports.get(request.name)
         if export is None:
-            self._send(wire.option_reply(option, Reply.ERR_UNKNOWN))
+            self._refuse(option, Reply.ERR_UNKNOWN, f"no export named {request.name!r}")
             return False
-        self._send(
-            wire.option_reply(option, Reply.INFO, wire.info_export(export.size, _flags(export)))
-        )
+        flags = _flags(export, self.structured)
+        self._send(wire.option_reply(option, Reply.INFO, wire.info_export(export.size, flags)))
         maximum = min(wire.MAX_PAYLOAD, export.size) if export.size else wire.MAX_PAYLOAD
         self._send(
             wire.option_reply(
@@ -331,7 +475,7 @@ class _Client:
             self._send(wire.option_reply(option, Reply.INFO, wire.info_name(export.name)))
         self._send(wire.option_reply(option, Reply.ACK))
         if option == Option.GO:
-            self.export = export
+            self._open(export, request.name)
         return True
 
     async def _transmit(self) -> None:
@@ -366,15 +510,23 @@ class _Client:
                 await self.writer.drain()
 
     def _check(self, export: Export, kind: int, offset: int, length: int) -> None:
-        if kind in (Command.WRITE, Command.TRIM, Command.WRITE_ZEROES) and export.read_only:
-            raise NbdRequestError(wire.EPERM, "export is read-only")
+        if kind in _WRITING and export.read_only:
+            raise NbdRequestError(wire.EPERM, "the export is read-only")
         if kind == Command.READ and length > wire.MAX_PAYLOAD:
-            raise NbdRequestError(wire.EINVAL, "read beyond 32 MiB")
+            raise NbdRequestError(wire.EINVAL, f"a read of {length} bytes is beyond 32 MiB")
         if offset + length > export.size:
             writing = kind in (Command.WRITE, Command.WRITE_ZEROES)
-            raise NbdRequestError(wire.ENOSPC if writing else wire.EINVAL, "beyond the disk")
+            raise NbdRequestError(
+                wire.ENOSPC if writing else wire.EINVAL,
+                f"{length} bytes at offset {offset} go beyond the end of the disk "
+                f"({export.size} bytes)",
+            )
         if offset % export.block_size or length % export.block_size:
-            raise NbdRequestError(wire.EINVAL, "not aligned to the block size")
+            raise NbdRequestError(
+                wire.EINVAL,
+                f"offset {offset} and length {length} must be multiples of the block size "
+                f"{export.block_size}",
+            )
 
     async def _handle(
         self,
@@ -387,7 +539,7 @@ class _Client:
         payload: memoryview | None,
     ) -> None:
         data: bytes | bytearray | memoryview = b""
-        error = 0
+        failure: NbdRequestError | None = None
         fua = bool(flags & CommandFlag.FUA)
         try:
             match kind:
@@ -411,28 +563,45 @@ class _Client:
                         await export.trim(offset, length)
                         if fua:
                             await export.flush()
+                case Command.BLOCK_STATUS if self.block_status:
+                    self._check(export, kind, offset, length)
+                    if not length:
+                        raise NbdRequestError(wire.EINVAL, "block status of 0 bytes")
+                case Command.BLOCK_STATUS:
+                    raise NbdRequestError(
+                        wire.EINVAL, "no metadata context was selected for this export"
+                    )
                 case _:
                     raise NbdRequestError(wire.EINVAL, f"unsupported command {kind}")
         except NbdRequestError as exc:
-            error = exc.error
-        except (ISCSIError, OSError) as exc:
-            writing = kind in (Command.WRITE, Command.WRITE_ZEROES)
-            error = _errno_for(exc, writing)
-            self.log.warning(
-                "nbd request failed",
-                export=export.name,
-                command=kind,
-                offset=offset,
-                error=str(exc),
-            )
+            failure = exc
+        except (ISCSIError, OSError) as exc:  # from an Export that does not say where
+            failure = NbdIOError(_errno_for(exc, kind in _WRITING), str(exc))
         finally:
             self.slots.release()
-        if error:
-            self._send(wire.simple_reply(cookie, error))
-        else:
+        if failure is not None:
+            if isinstance(failure, NbdIOError):
+                self.log.warning(
+                    "nbd request failed", export=export.name, command=kind, offset=offset,
+                    length=length, error=str(failure),
+                )  # fmt: skip
+            self._send_error(cookie, failure)
+        elif not self.structured:
             self._send(wire.simple_reply(cookie), data)
+        elif kind == Command.READ and length:
+            self._send(wire.offset_data_header(cookie, offset, len(data)), data)
+        elif kind == Command.BLOCK_STATUS:  # every block is allocated, contents unknown
+            self._send(wire.block_status(cookie, BASE_ALLOCATION_ID, [(length, 0)]))
+        else:
+            self._send(wire.structured_none(cookie))
         with contextlib.suppress(ConnectionError):
             await self.writer.drain()
+
+    def _send_error(self, cookie: int, failure: NbdRequestError) -> None:
+        if not self.structured:
+            self._send(wire.simple_reply(cookie, failure.error))
+            return
+        self._send(wire.structured_error(cookie, failure.error, str(failure), failure.offset))
 
 
 class NbdServer:
@@ -447,12 +616,19 @@ class NbdServer:
         self._servers: list[asyncio.AbstractServer] = []
         self._clients: dict[asyncio.Task[None], _Client] = {}
         self._paths: list[str] = []
+        self._left = asyncio.Event()  # set whenever a client has gone
 
     @property
     def in_flight(self) -> int:
         """Requests being served now, over all clients (for status, and tests that must
         catch a transfer in the middle)."""
         return sum(len(client.requests) for client in self._clients.values())
+
+    def clients(self) -> list[NbdClientInfo]:
+        """Every connected client, in the order they connected: the peer's pid and uid
+        (Unix socket only) and the export it opened. A client is listed from its
+        ``connect()`` until its connection is closed and its last request answered."""
+        return [client.info() for client in self._clients.values()]
 
     def add(self, export: Export) -> None:
         self.exports[export.name] = export
@@ -472,6 +648,7 @@ class NbdServer:
             await client.run()
         finally:
             del self._clients[task]
+            self._left.set()
 
     async def start_unix(self, path: str | os.PathLike[str], mode: int = 0o660) -> None:
         """Listen on a Unix socket, replacing a stale one left by an earlier daemon (the
@@ -486,20 +663,62 @@ class NbdServer:
         self._paths.append(path)
 
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 10809) -> int:
-        """Listen on TCP (loopback by default: NBD has no authentication); returns the port."""
-        server = await asyncio.start_server(self._accept, host, port, limit=1 << 20)
+        """Listen on TCP; returns the port (useful with port 0). NBD has no authentication:
+        anyone who reaches the port can read and write every disk, so any address that is
+        not loopback (``""`` and ``0.0.0.0`` are every address) is logged as a warning."""
+        server = await asyncio.start_server(self._accept, host or None, port, limit=1 << 20)
         self._servers.append(server)
-        return int(server.sockets[0].getsockname()[1])
+        bound = [sock.getsockname() for sock in server.sockets]
+        exposed = [address for address in bound if not _is_loopback(address[0])]
+        addresses = [_host_port(address) for address in bound]
+        if exposed:
+            log.warning(
+                "nbd listening beyond loopback: NBD has no authentication, so anyone who "
+                "can reach these addresses can read and write every exported disk",
+                addresses=addresses,
+            )
+        else:
+            log.info("nbd listening", addresses=addresses)
+        return int(bound[0][1])
 
-    async def close(self) -> None:
-        """Stop listening and drop every client (their SCSI commands are cancelled)."""
-        for server in self._servers:
-            server.close()
-        for task, client in list(self._clients.items()):
+    def exports_in_use(self) -> set[str]:
+        """The exports that at least one connected client has opened."""
+        return {c.export_name for c in self._clients.values() if c.export_name is not None}
+
+    async def wait_unused(self, names: Collection[str]) -> None:
+        """Until no connected client uses any of ``names`` (the caller bounds the wait)."""
+        while self.exports_in_use() & set(names):
+            self._left.clear()
+            await self._left.wait()
+
+    async def close(self, keep: Collection[str] = ()) -> None:
+        """Stop listening and drop every client (their SCSI commands are cancelled).
+
+        With ``keep`` (export names), only the other exports go, with their clients: the
+        kept exports stay served and the sockets stay open, so that a client of a kept
+        export can also reconnect, until a final ``close()``.
+        """
+        kept = set(keep)
+        if kept:
+            for name in [name for name in self.exports if name not in kept]:
+                del self.exports[name]
+            # A client still negotiating can only open a kept export now: it stays.
+            leaving = {
+                task: client
+                for task, client in self._clients.items()
+                if client.export_name is not None and client.export_name not in kept
+            }
+        else:
+            leaving = dict(self._clients)
+            for server in self._servers:
+                server.close()
+        for task, client in leaving.items():
             for request in list(client.requests):
                 request.cancel()
             task.cancel()
-        await asyncio.gather(*self._clients, return_exceptions=True)
+        await asyncio.gather(*leaving, return_exceptions=True)
+        if kept:
+            return
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
@@ -507,3 +726,15 @@ class NbdServer:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
         self._paths.clear()
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_port(address: tuple[Any, ...]) -> str:
+    host, port = address[0], address[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

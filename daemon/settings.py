@@ -375,6 +375,10 @@ _TABLE: tuple[Setting, ...] = (
             "seconds to log out of every session at SIGTERM before giving up"),
     Setting("firmware.ibft_path", Kind.TEXT, "/sys/firmware/ibft",
             "where the iscsi_ibft driver shows the iBFT (-m fw); another path for tests"),
+    Setting("rootdisk.mountinfo_path", Kind.TEXT, "/proc/self/mountinfo",
+            "mount table read at shutdown to find the disk holding /; another path for tests"),
+    Setting("rootdisk.sysfs_path", Kind.TEXT, "/sys",
+            "sysfs read at shutdown to find the NBD device under /; another path for tests"),
 )
 # fmt: on
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import importlib.metadata
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -574,18 +574,24 @@ class Supervisor:
         text = f"{total} session{'s' if total != 1 else ''}"
         return f"{text}, {down} recovering" if down else text
 
-    async def shutdown(self) -> None:
-        """Log out one session at a time, newest first; never a session of an ``onboot``
-        node: its disk may hold what the system runs on, and logging out of it would hang
-        the machine. Those are left for the next start (or the target's Time2Retain)."""
+    async def shutdown(self, keep: Mapping[int, str]) -> None:
+        """Log out one session at a time, newest first, except those in ``keep`` (SID to
+        reason; see :mod:`shutdown`): logging out of a disk the system runs on hangs the
+        machine. Those stay up, recovery included, until :meth:`release`."""
         for session in [self.sessions[sid] for sid in sorted(self.sessions, reverse=True)]:
-            if session.startup == "onboot":
+            if session.sid in keep:
                 self.log.warning(
                     "left logged in at shutdown", ISCSI_TARGET=session.target,
-                    ISCSI_SID=session.sid, reason="node.startup is onboot",
+                    ISCSI_SID=session.sid, reason=keep[session.sid],
                 )  # fmt: skip
-                await session.recovery.close()
-                if session.connection is not None:
-                    session.connection.close()
                 continue
             await self._logout([session])
+
+    async def release(self) -> None:
+        """Drop the sessions left, without a logout: the target keeps each for its
+        Time2Retain, and the next start reinstates it (same ISID)."""
+        for sid in sorted(self.sessions, reverse=True):
+            session = self.sessions.pop(sid)
+            await session.recovery.close()
+            if session.connection is not None:
+                session.connection.close()

@@ -1,23 +1,28 @@
 """The NBD server against real clients (nbdinfo, nbdcopy, qemu-img, qemu-io) over a real
 session to tgtd: what a client writes must land in the target's backing file, and a client
-that dies mid-transfer must not disturb the session or the next client."""
+that dies mid-transfer must not disturb the session or the next client. Then the real
+daemon's ``--nbd-listen``: the same exports over loopback TCP, and a port it cannot have."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
-from collections.abc import AsyncIterator
+import socket
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pyiscsid.daemon.localtarget import free_tcp_port
 from pyiscsid.daemon.nbd import LunExport, NbdServer
 from pyiscsid.daemon.session import Session
 from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.discovery import parse_portal
 
 from tests.conftest import TgtDisk
+from tests.daemon_process import Daemon
 
 pytestmark = [
     pytest.mark.tgtd,
@@ -166,7 +171,7 @@ async def test_raw_protocol_errors(served: Served) -> None:
         writer.write(wire.REQUEST.pack(wire.REQUEST_MAGIC, 0, kind, cookie, offset, length) + data)
         magic, error, got = wire.SIMPLE_REPLY.unpack(await reader.readexactly(16))
         assert (magic, got) == (wire.SIMPLE_REPLY_MAGIC, cookie)
-        return error
+        return int(error)
 
     async with asyncio.timeout(TIMEOUT):
         assert await request(wire.Command.READ, size - 512, 1024, 1) == wire.EINVAL
@@ -244,3 +249,62 @@ async def test_trim_unmaps_when_the_lun_is_thin(tgt: TgtDisk, tmp_path: Path) ->
     finally:
         await server.close()
         await session.logout()
+
+
+@dataclass
+class ListeningDaemon(Daemon):
+    """The daemon with ``--nbd-listen`` (tests/daemon_process.py gives the other options)."""
+
+    listen: str = ""
+
+    def argv(self) -> list[str]:
+        return [*super().argv(), "--nbd-listen", self.listen]
+
+
+@pytest.fixture
+def listening(tmp_path: Path) -> Iterator[ListeningDaemon]:
+    daemon = ListeningDaemon(tmp_path / "daemon", listen=f"127.0.0.1:{free_tcp_port()}")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def log_events(daemon: Daemon) -> list[dict[str, object]]:
+    return [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+
+
+async def test_nbd_listen_serves_the_exports_on_loopback_tcp(
+    tgt: TgtDisk, listening: ListeningDaemon
+) -> None:
+    listening.start()
+    assert listening.client("-m", "discovery", "-t", "st", "-p", tgt.portal).returncode == 0
+    assert listening.client("-m", "node", "--login").returncode == 0
+    base = f"nbd://{listening.listen}"
+    listed = json.loads(await run("nbdinfo", "--list", "--json", base))
+    assert [e["export-name"] for e in listed["exports"]] == [f"{tgt.iqn}/{tgt.lun}"]
+    uri = f"{base}/{tgt.iqn}/{tgt.lun}"
+    assert int(await run("nbdinfo", "--size", uri)) == tgt.size
+    await run("qemu-io", "-f", "raw", uri, "-c", "write -P 0x6b 1M 64k", "-c", "flush")
+    assert backing(tgt, MiB, 64 * 1024) == b"\x6b" * (64 * 1024)
+    (listening_event,) = [e for e in log_events(listening) if e["event"] == "nbd listening"]
+    assert listening_event["addresses"] == [listening.listen]
+    assert "no authentication" not in listening.log()  # loopback: nothing to warn about
+
+
+def test_nbd_listen_on_a_taken_port_stops_the_daemon_with_a_reason(
+    listening: ListeningDaemon,
+) -> None:
+    host, port = listening.listen.split(":")
+    with socket.socket() as taken:
+        taken.bind((host, int(port)))
+        taken.listen()
+        listening.start(wait=False)
+        assert listening.process is not None
+        assert listening.process.wait(timeout=TIMEOUT) == 1
+    assert (
+        f"pyiscsid: --nbd-listen {listening.listen}: cannot listen there: Address already in use"
+        in listening.log()
+    )
+    assert not listening.socket.exists()  # it cleaned up behind itself
+    assert not listening.nbd_socket.exists()

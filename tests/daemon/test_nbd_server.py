@@ -1,0 +1,604 @@
+"""The NBD server (daemon/nbd.py) over a real Unix socket, serving an in-memory disk: the
+option haggling and replies byte for byte through a raw client (structured replies,
+metadata contexts, block status, error chunks, simple replies unchanged), the same through
+real clients (nbdinfo, qemu-io, qemu-img), and who is connected (SO_PEERCRED pid and uid,
+the export opened) with real client processes, root and not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pwd
+import shutil
+import struct
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import structlog
+from pyiscsid.daemon import nbd_protocol as wire
+from pyiscsid.daemon.nbd import NbdClientInfo, NbdIOError, NbdServer
+from pyiscsid.daemon.nbd_protocol import Command, Option, Reply, ReplyFlag, ReplyType
+from pyiscsid.daemon.nbd_protocol import TransmissionFlag as TF
+from pyiscsid.protocol.errors import ISCSIError
+
+TIMEOUT = 30.0
+KiB = 1024
+DISK = "iqn.2026-11.test.pyiscsid:memory/1"
+OTHER = "iqn.2026-11.test.pyiscsid:memory/2"
+TOOLS = ("nbdinfo", "qemu-io", "qemu-img")
+needs_tools = pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in TOOLS), reason="needs libnbd-bin and qemu-utils"
+)
+
+
+@dataclass
+class MemoryExport:
+    """A disk in memory that implements the server's Export protocol. Blocks listed in
+    ``bad`` fail (an :class:`NbdIOError` with the offset, as LunExport raises); with
+    ``flush_fails`` a FLUSH fails with a bare ISCSIError (an export that cannot say where)."""
+
+    name: str
+    size: int = 1024 * KiB
+    block_size: int = 512
+    max_transfer: int = 1024 * KiB
+    read_only: bool = False
+    can_trim: bool = True
+    bad: set[int] = field(default_factory=set)
+    flush_fails: bool = False
+    flushes: int = 0
+    data: bytearray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data = bytearray(self.size)
+
+    def _fail_inside(self, what: str, offset: int, length: int) -> None:
+        for block in sorted(self.bad):
+            if offset <= block < offset + length:
+                raise NbdIOError(wire.EIO, f"{what} at offset {block}: medium error", block)
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self._fail_inside("READ", offset, length)
+        return bytes(self.data[offset : offset + length])
+
+    async def write(self, offset: int, data: memoryview, fua: bool) -> None:
+        self._fail_inside("WRITE", offset, len(data))
+        self.data[offset : offset + len(data)] = data
+
+    async def flush(self) -> None:
+        if self.flush_fails:
+            raise ISCSIError("the target is gone")
+        self.flushes += 1
+
+    async def trim(self, offset: int, length: int) -> None:
+        self.data[offset : offset + length] = bytes(length)
+
+    async def write_zeroes(self, offset: int, length: int, fua: bool) -> None:
+        self._fail_inside("WRITE_ZEROES", offset, length)
+        self.data[offset : offset + length] = bytes(length)
+
+
+@dataclass
+class Served:
+    server: NbdServer
+    disk: MemoryExport
+    other: MemoryExport
+    socket: Path
+
+    def uri(self, name: str = DISK) -> str:
+        return f"nbd+unix:///{name}?socket={self.socket}"
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A directory user nobody can reach (pytest's tmp_path is root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="pyiscsid-nbd-", dir="/tmp"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def served(public_dir: Path) -> AsyncIterator[Served]:
+    disk, other = MemoryExport(DISK), MemoryExport(OTHER, read_only=True)
+    server = NbdServer({DISK: disk, OTHER: other})
+    socket = public_dir / "nbd.sock"
+    await server.start_unix(socket, mode=0o666)
+    try:
+        yield Served(server, disk, other, socket)
+    finally:
+        await server.close()
+
+
+class RawClient:
+    """A client that speaks the protocol by hand, to see the server's bytes exactly."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    @classmethod
+    async def connect(cls, path: Path) -> RawClient:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        magic, opt, flags = struct.unpack(">QQH", await reader.readexactly(18))
+        assert (magic, opt) == (wire.NBDMAGIC, wire.IHAVEOPT)
+        assert flags == wire.HandshakeFlag.FIXED_NEWSTYLE | wire.HandshakeFlag.NO_ZEROES
+        writer.write(struct.pack(">I", wire.ClientFlag.FIXED_NEWSTYLE | wire.ClientFlag.NO_ZEROES))
+        return cls(reader, writer)
+
+    async def option(self, option: int, data: bytes = b"") -> list[tuple[int, bytes]]:
+        """Send one option; every reply to it, through the final ACK or error."""
+        self.writer.write(wire.OPTION_HEADER.pack(wire.IHAVEOPT, option, len(data)) + data)
+        replies = []
+        while True:
+            magic, echoed, kind, length = wire.OPTION_REPLY.unpack(
+                await self.reader.readexactly(wire.OPTION_REPLY.size)
+            )
+            assert (magic, echoed) == (wire.OPTION_REPLY_MAGIC, option)
+            replies.append((kind, await self.reader.readexactly(length)))
+            if kind == Reply.ACK or kind & (1 << 31):
+                return replies
+
+    async def go(self, name: str = DISK) -> int:
+        """NBD_OPT_GO; returns the export's transmission flags."""
+        replies = await self.option(Option.GO, info_request(name))
+        assert replies[-1] == (Reply.ACK, b"")
+        infos = [data for kind, data in replies if kind == Reply.INFO]
+        (export,) = [d for d in infos if struct.unpack_from(">H", d)[0] == wire.Info.EXPORT]
+        return int(struct.unpack(">HQH", export)[2])
+
+    def request(
+        self, kind: int, offset: int, length: int, cookie: int, data: bytes = b"", flags: int = 0
+    ) -> None:
+        self.writer.write(
+            wire.REQUEST.pack(wire.REQUEST_MAGIC, flags, kind, cookie, offset, length) + data
+        )
+
+    async def simple_reply(self, cookie: int, data_length: int = 0) -> tuple[int, bytes]:
+        magic, error, got = wire.SIMPLE_REPLY.unpack(await self.reader.readexactly(16))
+        assert (magic, got) == (wire.SIMPLE_REPLY_MAGIC, cookie)
+        return error, await self.reader.readexactly(data_length if not error else 0)
+
+    async def chunks(self, cookie: int) -> list[tuple[int, int, bytes]]:
+        """The structured reply chunks of one request: (flags, type, payload), to DONE."""
+        found: list[tuple[int, int, bytes]] = []
+        while not found or not found[-1][0] & ReplyFlag.DONE:
+            magic, flags, kind, got, length = wire.STRUCTURED_REPLY.unpack(
+                await self.reader.readexactly(wire.STRUCTURED_REPLY.size)
+            )
+            assert (magic, got) == (wire.STRUCTURED_REPLY_MAGIC, cookie)
+            found.append((flags, kind, await self.reader.readexactly(length)))
+        return found
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
+def info_request(name: str, *items: int) -> bytes:
+    raw = name.encode()
+    return struct.pack(">I", len(raw)) + raw + struct.pack(f">H{len(items)}H", len(items), *items)
+
+
+def meta_request(name: str, *queries: str) -> bytes:
+    raw = struct.pack(">I", len(name.encode())) + name.encode() + struct.pack(">I", len(queries))
+    for query in queries:
+        raw += struct.pack(">I", len(query.encode())) + query.encode()
+    return raw
+
+
+def error_of(payload: bytes) -> tuple[int, str, int | None]:
+    """(error, message, offset or None) of an error chunk's payload."""
+    error, length = struct.unpack_from(">IH", payload)
+    message = payload[6 : 6 + length].decode()
+    rest = payload[6 + length :]
+    return error, message, struct.unpack(">Q", rest)[0] if rest else None
+
+
+@pytest.fixture
+async def client(served: Served) -> AsyncIterator[RawClient]:
+    raw = await RawClient.connect(served.socket)
+    try:
+        yield raw
+    finally:
+        await raw.close()
+
+
+async def structured(client: RawClient, name: str = DISK, *queries: str) -> int:
+    """Negotiate structured replies (and, given queries, metadata contexts), then GO."""
+    assert await client.option(Option.STRUCTURED_REPLY) == [(Reply.ACK, b"")]
+    if queries:
+        await client.option(Option.SET_META_CONTEXT, meta_request(name, *queries))
+    return await client.go(name)
+
+
+# ------------------------------------------------------------------ negotiation
+
+
+async def test_structured_replies_are_acknowledged_once(client: RawClient) -> None:
+    assert await client.option(Option.STRUCTURED_REPLY) == [(Reply.ACK, b"")]
+    ((kind, message),) = await client.option(Option.STRUCTURED_REPLY)
+    assert kind == Reply.ERR_INVALID
+    assert b"already negotiated" in message
+
+
+async def test_structured_reply_option_with_data_is_invalid(client: RawClient) -> None:
+    ((kind, message),) = await client.option(Option.STRUCTURED_REPLY, b"junk")
+    assert kind == Reply.ERR_INVALID and b"carries no data" in message
+    assert await client.option(Option.STRUCTURED_REPLY) == [(Reply.ACK, b"")]  # not spent
+
+
+@pytest.mark.parametrize("option", [Option.LIST_META_CONTEXT, Option.SET_META_CONTEXT])
+async def test_meta_contexts_need_structured_replies_first(
+    client: RawClient, option: Option
+) -> None:
+    ((kind, message),) = await client.option(option, meta_request(DISK, "base:allocation"))
+    assert kind == Reply.ERR_INVALID
+    assert b"NBD_OPT_STRUCTURED_REPLY first" in message
+
+
+async def test_list_meta_context(client: RawClient) -> None:
+    await client.option(Option.STRUCTURED_REPLY)
+    listed = struct.pack(">I", 0) + b"base:allocation"  # listed ids are reserved: 0
+    assert await client.option(Option.LIST_META_CONTEXT, meta_request(DISK)) == [
+        (Reply.META_CONTEXT, listed),
+        (Reply.ACK, b""),
+    ]
+    assert await client.option(Option.LIST_META_CONTEXT, meta_request(DISK, "base:")) == [
+        (Reply.META_CONTEXT, listed),
+        (Reply.ACK, b""),
+    ]
+    assert await client.option(Option.LIST_META_CONTEXT, meta_request(DISK, "x-foo:bar")) == [
+        (Reply.ACK, b"")
+    ]
+    ((kind, message),) = await client.option(Option.LIST_META_CONTEXT, meta_request("nope"))
+    assert kind == Reply.ERR_UNKNOWN and b"'nope'" in message
+    ((kind, message),) = await client.option(Option.LIST_META_CONTEXT, b"\0\0")
+    assert kind == Reply.ERR_INVALID and b"length is missing" in message
+    ((kind, _),) = await client.option(Option.LIST_META_CONTEXT, meta_request(DISK, "nocolon"))
+    assert kind == Reply.ERR_INVALID
+
+
+async def test_set_meta_context_then_block_status_reports_all_allocated(
+    client: RawClient, served: Served
+) -> None:
+    await client.option(Option.STRUCTURED_REPLY)
+    replies = await client.option(Option.SET_META_CONTEXT, meta_request(DISK, "base:allocation"))
+    assert replies == [(Reply.META_CONTEXT, b"\0\0\0\x01base:allocation"), (Reply.ACK, b"")]
+    await client.go(DISK)
+    client.request(Command.BLOCK_STATUS, 64 * KiB, 128 * KiB, cookie=1)
+    ((flags, kind, payload),) = await client.chunks(1)
+    assert (flags, kind) == (ReplyFlag.DONE, ReplyType.BLOCK_STATUS)
+    assert struct.unpack(">III", payload) == (1, 128 * KiB, 0)  # id 1: allocated, not zero
+    client.request(Command.BLOCK_STATUS, 0, 4 * KiB, cookie=2, flags=wire.CommandFlag.REQ_ONE)
+    assert struct.unpack(">III", (await client.chunks(2))[0][2]) == (1, 4 * KiB, 0)
+    client.request(Command.BLOCK_STATUS, served.disk.size - 512, 1024, cookie=3)
+    ((_, kind, payload),) = await client.chunks(3)
+    assert kind == ReplyType.ERROR and error_of(payload)[0] == wire.EINVAL
+
+
+async def test_block_status_only_for_the_export_the_contexts_were_set_for(
+    client: RawClient,
+) -> None:
+    await client.option(Option.STRUCTURED_REPLY)
+    await client.option(Option.SET_META_CONTEXT, meta_request(OTHER, "base:allocation"))
+    await client.go(DISK)
+    client.request(Command.BLOCK_STATUS, 0, 4096, cookie=9)
+    ((flags, kind, payload),) = await client.chunks(9)
+    assert (flags, kind) == (ReplyFlag.DONE, ReplyType.ERROR)
+    error, message, offset = error_of(payload)
+    assert (error, offset) == (wire.EINVAL, None)
+    assert "no metadata context" in message
+
+
+async def test_a_failed_set_meta_context_clears_the_selection(client: RawClient) -> None:
+    await client.option(Option.STRUCTURED_REPLY)
+    await client.option(Option.SET_META_CONTEXT, meta_request(DISK, "base:allocation"))
+    ((kind, _),) = await client.option(Option.SET_META_CONTEXT, b"\xff")
+    assert kind == Reply.ERR_INVALID
+    await client.go(DISK)
+    client.request(Command.BLOCK_STATUS, 0, 4096, cookie=5)
+    assert error_of((await client.chunks(5))[0][2])[0] == wire.EINVAL
+
+
+async def test_send_df_is_advertised_only_with_structured_replies(served: Served) -> None:
+    plain = await RawClient.connect(served.socket)
+    try:
+        flags = await plain.go()
+        assert not flags & TF.SEND_DF
+        assert flags & TF.SEND_FLUSH and flags & TF.SEND_FUA and flags & TF.SEND_TRIM
+    finally:
+        await plain.close()
+    fancy = await RawClient.connect(served.socket)
+    try:
+        assert await structured(fancy) & TF.SEND_DF
+    finally:
+        await fancy.close()
+
+
+async def test_option_errors_carry_a_message(client: RawClient) -> None:
+    ((kind, message),) = await client.option(99)
+    assert kind == Reply.ERR_UNSUP and b"99" in message
+    ((kind, message),) = await client.option(Option.GO, info_request("missing"))
+    assert kind == Reply.ERR_UNKNOWN and b"'missing'" in message
+    ((kind, message),) = await client.option(Option.LIST, b"x")
+    assert kind == Reply.ERR_INVALID and message
+
+
+# ----------------------------------------------------------------- transmission
+
+
+async def test_structured_read_is_one_final_data_chunk(client: RawClient, served: Served) -> None:
+    served.disk.data[8192 : 8192 + 4096] = os.urandom(4096)
+    await structured(client)
+    client.request(Command.READ, 8192, 4096, cookie=7)
+    ((flags, kind, payload),) = await client.chunks(7)
+    assert (flags, kind) == (ReplyFlag.DONE, ReplyType.OFFSET_DATA)
+    assert struct.unpack_from(">Q", payload) == (8192,)
+    assert payload[8:] == served.disk.data[8192 : 8192 + 4096]
+    client.request(Command.READ, 0, 0, cookie=8)  # nothing to carry: NONE
+    assert await client.chunks(8) == [(ReplyFlag.DONE, ReplyType.NONE, b"")]
+
+
+async def test_structured_replies_to_other_commands_are_none(
+    client: RawClient, served: Served
+) -> None:
+    await structured(client)
+    pattern = os.urandom(2048)
+    client.request(Command.WRITE, 4096, 2048, cookie=1, data=pattern, flags=wire.CommandFlag.FUA)
+    client.request(Command.FLUSH, 0, 0, cookie=2)
+    done = [(ReplyFlag.DONE, ReplyType.NONE, b"")]
+    assert await client.chunks(1) == done  # the replies may come in any order
+    assert await client.chunks(2) == done
+    assert served.disk.data[4096:6144] == pattern and served.disk.flushes == 1
+    client.request(Command.WRITE_ZEROES, 4096, 1024, cookie=3)
+    client.request(Command.TRIM, 5120, 1024, cookie=4)
+    assert {c: await client.chunks(c) for c in (3, 4)} == {3: done, 4: done}
+    assert served.disk.data[4096:6144] == bytes(2048)
+
+
+async def test_structured_errors_say_what_was_wrong(client: RawClient, served: Served) -> None:
+    served.disk.bad = {64 * KiB + 512}
+    size = served.disk.size
+    await structured(client)
+    cases = [
+        (Command.READ, size - 512, 1024, b"", wire.EINVAL, "beyond the end of the disk", None),
+        (Command.WRITE, size, 512, bytes(512), wire.ENOSPC, "beyond the end", None),
+        (Command.READ, 1, 512, b"", wire.EINVAL, "multiples of the block size 512", None),
+        (Command.CACHE, 0, 512, b"", wire.EINVAL, "unsupported command 5", None),
+        (Command.READ, 64 * KiB, 4096, b"", wire.EIO, "medium error", 64 * KiB + 512),
+        (Command.WRITE, 64 * KiB, 1024, bytes(1024), wire.EIO, "WRITE at", 64 * KiB + 512),
+    ]
+    for cookie, (kind, offset, length, data, error, words, at) in enumerate(cases):
+        client.request(kind, offset, length, cookie, data)
+        ((flags, chunk_type, payload),) = await client.chunks(cookie)
+        assert flags == ReplyFlag.DONE
+        assert chunk_type == (ReplyType.ERROR if at is None else ReplyType.ERROR_OFFSET)
+        got_error, message, got_at = error_of(payload)
+        assert (got_error, got_at) == (error, at), message
+        assert words in message
+    served.disk.flush_fails = True
+    client.request(Command.FLUSH, 0, 0, cookie=99)
+    ((_, chunk_type, payload),) = await client.chunks(99)
+    assert chunk_type == ReplyType.ERROR
+    assert error_of(payload) == (wire.EIO, "the target is gone", None)
+    client.request(Command.READ, 0, 512, cookie=100)  # and the connection goes on
+    assert (await client.chunks(100))[0][1] == ReplyType.OFFSET_DATA
+
+
+async def test_writes_to_a_read_only_export_are_eperm(client: RawClient) -> None:
+    await structured(client, OTHER)
+    client.request(Command.WRITE, 0, 512, cookie=1, data=bytes(512))
+    _, message, _ = error_of((await client.chunks(1))[0][2])
+    assert "read-only" in message
+
+
+async def test_simple_replies_when_structured_replies_were_not_asked(
+    client: RawClient, served: Served
+) -> None:
+    served.disk.data[:512] = b"\x5a" * 512
+    served.disk.bad = {4096}
+    await client.go()
+    client.request(Command.READ, 0, 512, cookie=1)
+    assert await client.simple_reply(1, 512) == (0, b"\x5a" * 512)
+    client.request(Command.READ, 4096, 512, cookie=2)
+    assert await client.simple_reply(2, 512) == (wire.EIO, b"")  # no payload after an error
+    client.request(Command.BLOCK_STATUS, 0, 512, cookie=3)
+    assert await client.simple_reply(3) == (wire.EINVAL, b"")
+    client.request(Command.WRITE, 512, 512, cookie=4, data=b"\x11" * 512)
+    assert await client.simple_reply(4) == (0, b"")
+    assert served.disk.data[512:1024] == b"\x11" * 512
+
+
+# ----------------------------------------------------------------- real clients
+
+
+async def run(*argv: str, timeout: float = TIMEOUT, check: bool = True) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    if check:
+        assert process.returncode == 0, f"{argv} exited {process.returncode}: {err.decode()}"
+    return process.returncode, out.decode(), err.decode()
+
+
+@needs_tools
+async def test_nbdinfo_sees_structured_replies_and_base_allocation(served: Served) -> None:
+    _, out, _ = await run("nbdinfo", "--json", served.uri())
+    info = json.loads(out)
+    assert info["protocol"] == "newstyle-fixed"
+    (export,) = info["exports"]
+    assert export["export-size"] == served.disk.size
+    assert export["contexts"] == ["base:allocation"]
+    assert export["can_df"] is True
+    for can in ("structured-reply", "df"):
+        await run("nbdinfo", "--can", can, served.uri())
+    _, out, _ = await run("nbdinfo", "--map", "--json", served.uri())
+    assert json.loads(out) == [
+        {"offset": 0, "length": served.disk.size, "type": 0, "description": "data"}
+    ]
+
+
+@needs_tools
+async def test_qemu_reads_writes_and_maps_through_structured_replies(served: Served) -> None:
+    _, out, _ = await run(
+        "qemu-io", "-f", "raw", served.uri(),
+        "-c", "write -P 0x3c 128k 64k",
+        "-c", "read -P 0x3c 128k 64k",
+        "-c", "read -P 0 0 128k",
+    )  # fmt: skip
+    assert "Pattern verification failed" not in out
+    assert served.disk.data[128 * KiB : 192 * KiB] == b"\x3c" * (64 * KiB)
+    _, out, _ = await run("qemu-img", "map", "--output=json", "-f", "raw", served.uri())
+    assert [(e["start"], e["length"], e["data"]) for e in json.loads(out)] == [
+        (0, served.disk.size, True)
+    ]
+
+
+@needs_tools
+async def test_qemu_io_gets_eio_for_a_bad_block_and_carries_on(served: Served) -> None:
+    served.disk.bad = {256 * KiB}
+    status, out, _ = await run(
+        "qemu-io", "-f", "raw", served.uri(),
+        "-c", "read 256k 4k",
+        "-c", "write -P 0x77 512k 4k",
+        "-c", "read -P 0x77 512k 4k",
+        check=False,
+    )  # fmt: skip
+    assert status == 1  # qemu-io's exit status when a command failed
+    assert "read failed: Input/output error" in out
+    assert "wrote 4096/4096 bytes at offset 524288" in out
+    assert "Pattern verification failed" not in out and out.count("read 4096/4096") == 1
+
+
+# ------------------------------------------------------------ who is connected
+
+
+async def until(predicate: object, timeout: float = TIMEOUT) -> None:
+    """Poll a condition of the server's state (bounded)."""
+    async with asyncio.timeout(timeout):
+        while not predicate():  # type: ignore[operator]
+            await asyncio.sleep(0.01)
+
+
+async def test_clients_know_the_peer_and_its_export(served: Served) -> None:
+    assert served.server.clients() == []
+    raw = await RawClient.connect(served.socket)
+    try:
+        await until(lambda: served.server.clients())
+        me = NbdClientInfo(pid=os.getpid(), uid=os.getuid(), export=None)
+        assert served.server.clients() == [me]  # negotiating: no export yet
+        await raw.go(OTHER)
+        assert served.server.clients() == [NbdClientInfo(os.getpid(), os.getuid(), OTHER)]
+    finally:
+        await raw.close()
+    await until(lambda: not served.server.clients())
+
+
+@needs_tools
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv"
+)
+async def test_clients_lists_a_real_client_process_until_it_quits(served: Served) -> None:
+    """qemu-io as user nobody holds the export open: its pid, nobody's uid and the export
+    are listed while it runs, and nothing once it has quit."""
+    nobody = pwd.getpwnam("nobody").pw_uid
+    process = await asyncio.create_subprocess_exec(
+        "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+        "qemu-io", "-f", "raw", served.uri(),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdin is not None
+    try:
+        # setpriv execs qemu-io: the same pid connects
+        await until(lambda: any(c.export == DISK for c in served.server.clients()))
+        assert served.server.clients() == [NbdClientInfo(process.pid, nobody, DISK)]
+        process.stdin.write(b"quit\n")
+        await process.stdin.drain()
+        async with asyncio.timeout(TIMEOUT):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    await until(lambda: not served.server.clients())
+
+
+@needs_tools
+async def test_tcp_listener_serves_and_its_clients_have_no_credentials(served: Served) -> None:
+    port = await served.server.start_tcp("127.0.0.1", 0)
+    _, out, _ = await run("nbdinfo", "--size", f"nbd://127.0.0.1:{port}/{DISK}")
+    assert int(out) == served.disk.size
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        await reader.readexactly(18)
+        await until(lambda: served.server.clients())
+        assert served.server.clients() == [NbdClientInfo(None, None, None)]
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_tcp_on_loopback_is_quiet_and_beyond_it_warns(served: Served) -> None:
+    with structlog.testing.capture_logs() as logs:
+        port = await served.server.start_tcp("127.0.0.1", 0)
+    assert [e["log_level"] for e in logs] == ["info"]
+    assert logs[0]["addresses"] == [f"127.0.0.1:{port}"]
+    with structlog.testing.capture_logs() as logs:
+        await served.server.start_tcp("0.0.0.0", 0)  # every address: nobody else connects
+    (warning,) = logs
+    assert warning["log_level"] == "warning"
+    assert "no authentication" in warning["event"]
+    assert warning["addresses"][0].startswith("0.0.0.0:")
+
+
+# ------------------------------------------------------------ partial shutdown
+
+
+async def test_close_keeping_one_export_serves_it_until_its_client_lets_go(
+    served: Served,
+) -> None:
+    """At shutdown the daemon drops every export but those it keeps (the root disk): their
+    clients stay served, may reconnect, and the daemon can wait until they let go."""
+    keeper, leaver = await RawClient.connect(served.socket), await RawClient.connect(served.socket)
+    try:
+        await structured(keeper, DISK)
+        await structured(leaver, OTHER)
+        assert served.server.exports_in_use() == {DISK, OTHER}
+        await served.server.close(keep={DISK})
+        assert await leaver.reader.read() == b""  # hung up
+        assert served.server.exports_in_use() == {DISK}
+        keeper.request(Command.READ, 0, 512, cookie=1)
+        assert (await keeper.chunks(1))[0][1] == ReplyType.OFFSET_DATA
+        again = await RawClient.connect(served.socket)  # still listening, for the kept one
+        try:
+            ((kind, _),) = await again.option(Option.GO, info_request(OTHER))
+            assert kind == Reply.ERR_UNKNOWN
+            await again.go(DISK)
+        finally:
+            await again.close()
+        waiter = asyncio.create_task(served.server.wait_unused({DISK}))
+        await asyncio.sleep(0)
+        assert not waiter.done()
+    finally:
+        await keeper.close()
+        await leaver.close()
+    async with asyncio.timeout(TIMEOUT):
+        await waiter
+    assert served.server.exports_in_use() == set()
+    await served.server.close()
+    assert not served.socket.exists()

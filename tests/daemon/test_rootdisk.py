@@ -1,0 +1,179 @@
+"""Finding the NBD device under / from mountinfo and sysfs trees laid out as Linux does."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pyiscsid.daemon.rootdisk import (
+    NbdDevice,
+    RootDiskError,
+    nbd_devices_holding,
+    parse_mountinfo,
+)
+
+VIRTUAL = "devices/virtual/block"
+SCSI = "devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block"
+
+
+class Sysfs:
+    """A sysfs tree with block devices as the kernel shows them (symlinks included)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _link(self, link: Path, target: Path) -> None:
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(target, link.parent))
+
+    def disk(self, name: str, number: str, parent: str = VIRTUAL, pid: int | None = None) -> Path:
+        device = self.root / parent / name
+        device.mkdir(parents=True)
+        (device / "dev").write_text(number + "\n")
+        (device / "slaves").mkdir()
+        self._link(self.root / "dev" / "block" / number, device)
+        self._link(self.root / "class" / "block" / name, device)
+        self._link(self.root / "block" / name, device)
+        if pid is not None:
+            (device / "pid").write_text(f"{pid}\n")
+        return device
+
+    def partition(self, disk: Path, name: str, number: str) -> Path:
+        part = disk / name
+        part.mkdir()
+        (part / "partition").write_text("1\n")
+        self._link(self.root / "dev" / "block" / number, part)
+        self._link(self.root / "class" / "block" / name, part)
+        return part
+
+    def mapped(self, name: str, number: str, *below: Path) -> Path:
+        device = self.disk(name, number)
+        for slave in below:
+            self._link(device / "slaves" / slave.name, slave)
+        return device
+
+
+def mountinfo(path: Path, *lines: str) -> Path:
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+PROC = "22 29 0:5 / /proc rw,nosuid - proc proc rw"
+
+
+def root_line(number: str, source: str, fstype: str = "ext4", mount_id: int = 29) -> str:
+    return f"{mount_id} 1 {number} / / rw,relatime shared:1 - {fstype} {source} rw"
+
+
+def test_root_on_an_nbd_partition(tmp_path: Path) -> None:
+    sysfs = Sysfs(tmp_path / "sys")
+    nbd0 = sysfs.disk("nbd0", "43:0", pid=4242)
+    sysfs.partition(nbd0, "nbd0p1", "43:1")
+    sysfs.disk("sda", "8:0", parent=SCSI)
+    info = mountinfo(tmp_path / "mountinfo", PROC, root_line("43:1", "/dev/nbd0p1"))
+    assert nbd_devices_holding(mountinfo=info, sysfs=sysfs.root) == [NbdDevice("nbd0", 4242)]
+
+
+def test_root_on_lvm_over_luks_over_two_nbd_disks(tmp_path: Path) -> None:
+    sysfs = Sysfs(tmp_path / "sys")
+    nbd0 = sysfs.disk("nbd0", "43:0", pid=10)
+    nbd1 = sysfs.disk("nbd1", "43:32", pid=11)
+    part = sysfs.partition(nbd1, "nbd1p2", "43:34")
+    crypt = sysfs.mapped("dm-0", "254:0", nbd0, part)
+    sysfs.mapped("dm-1", "254:1", crypt)
+    info = mountinfo(tmp_path / "mountinfo", root_line("254:1", "/dev/mapper/vg-root"))
+    assert nbd_devices_holding(mountinfo=info, sysfs=sysfs.root) == [
+        NbdDevice("nbd0", 10),
+        NbdDevice("nbd1", 11),
+    ]
+
+
+def test_root_on_a_local_disk_is_not_ours(tmp_path: Path) -> None:
+    sysfs = Sysfs(tmp_path / "sys")
+    sda = sysfs.disk("sda", "8:0", parent=SCSI)
+    sysfs.partition(sda, "sda1", "8:1")
+    sysfs.disk("nbd0", "43:0", pid=10)
+    info = mountinfo(tmp_path / "mountinfo", root_line("8:1", "/dev/sda1"))
+    assert nbd_devices_holding(mountinfo=info, sysfs=sysfs.root) == []
+
+
+def test_btrfs_reports_an_anonymous_device_so_the_source_names_it(tmp_path: Path) -> None:
+    sysfs = Sysfs(tmp_path / "sys")
+    nbd0 = sysfs.disk("nbd0", "43:0")  # not connected: no pid file
+    sysfs.partition(nbd0, "nbd0p2", "43:2")
+    info = mountinfo(tmp_path / "mountinfo", root_line("0:27", "/dev/nbd0p2", "btrfs"))
+    assert nbd_devices_holding(mountinfo=info, sysfs=sysfs.root) == [NbdDevice("nbd0", None)]
+
+
+def test_the_last_mount_on_slash_is_the_visible_one(tmp_path: Path) -> None:
+    sysfs = Sysfs(tmp_path / "sys")
+    sysfs.disk("sda", "8:0", parent=SCSI)
+    sysfs.disk("nbd0", "43:0", pid=7)
+    info = mountinfo(
+        tmp_path / "mountinfo",
+        root_line("8:0", "/dev/sda", mount_id=1),  # the initrd's root, over-mounted
+        root_line("43:0", "/dev/nbd0", mount_id=2),
+    )
+    assert nbd_devices_holding(mountinfo=info, sysfs=sysfs.root) == [NbdDevice("nbd0", 7)]
+
+
+def test_tmpfs_or_overlay_root_has_no_disk(tmp_path: Path) -> None:
+    info = mountinfo(tmp_path / "mountinfo", root_line("0:31", "overlay", "overlay"))
+    assert nbd_devices_holding(mountinfo=info, sysfs=tmp_path / "sys") == []
+
+
+def test_escaped_mount_points_are_decoded(tmp_path: Path) -> None:
+    (mount,) = parse_mountinfo("30 29 8:2 / /mnt/my\\040disk rw - ext4 /dev/sda2 rw")
+    assert mount.mount_point == "/mnt/my disk"
+    assert mount.device == (8, 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("29 1 8:1 / / rw shared:1 ext4 /dev/sda1 rw", "mountinfo:1: not a mountinfo line"),
+        ("29 1 eight / / rw - ext4 /dev/sda1 rw", "mountinfo:1: not a mountinfo line"),
+        (PROC, "lists nothing mounted on /"),
+    ],
+)
+def test_a_broken_mount_table_names_the_line(tmp_path: Path, text: str, expected: str) -> None:
+    info = mountinfo(tmp_path / "mountinfo", text)
+    with pytest.raises(RootDiskError, match=expected):
+        nbd_devices_holding(mountinfo=info, sysfs=tmp_path / "sys")
+
+
+def test_an_unreadable_mount_table_says_which(tmp_path: Path) -> None:
+    with pytest.raises(RootDiskError, match=r"cannot read .*missing"):
+        nbd_devices_holding(mountinfo=tmp_path / "missing", sysfs=tmp_path / "sys")
+
+
+def test_a_slave_loop_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    sysfs = Sysfs(tmp_path / "sys")
+    a = sysfs.disk("dm-0", "254:0")
+    b = sysfs.mapped("dm-1", "254:1", a)
+    (a / "slaves" / "dm-1").symlink_to(os.path.relpath(b, a / "slaves"))
+    info = mountinfo(tmp_path / "mountinfo", root_line("254:1", "/dev/dm-1"))
+    with pytest.raises(RootDiskError, match="deeper than"):
+        nbd_devices_holding(mountinfo=info, sysfs=sysfs.root)
+
+
+def test_the_real_root_of_this_machine_can_be_read() -> None:
+    """Against the real /proc and /sys: an answer (this machine's / is not on NBD)."""
+    assert all(device.name.startswith("nbd") for device in nbd_devices_holding())
+
+
+def test_spare_from_final_kill_makes_argv0_start_with_at() -> None:
+    """systemd-shutdown reads /proc/PID/cmdline; check it in a process of its own."""
+    script = (
+        "from pyiscsid.daemon.rootdisk import spare_from_final_kill\n"
+        "assert spare_from_final_kill()\n"
+        "print(open('/proc/self/cmdline', 'rb').read().split(b'\\0')[0].decode())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout.startswith("@")
+    assert done.stdout.strip()[1:] == sys.executable[1:]

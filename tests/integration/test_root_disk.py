@@ -1,0 +1,159 @@
+"""At shutdown the daemon never logs out of, nor stops serving, the disk that holds /.
+
+Real parts: the pyiscsid daemon process, a tgtd with two targets, and qemu-io holding one
+export open on the daemon's NBD socket. What cannot be real here is a kernel NBD device
+under this machine's root file system, so the daemon reads a mountinfo and a sysfs tree
+built in the test, laid out as Linux lays them out (see tests/daemon/test_rootdisk.py),
+in which ``/`` is on /dev/nbd0p1 and /sys/block/nbd0/pid names the qemu-io process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import TgtDisk
+from tests.daemon.test_rootdisk import Sysfs
+from tests.daemon_process import Daemon
+from tests.qemu_io import WAIT, QemuIo
+
+pytestmark = [
+    pytest.mark.tgtd,
+    pytest.mark.skipif(not shutil.which("qemu-io"), reason="needs qemu-utils"),
+]
+
+OTHER_TID, OTHER_IQN = 2, "iqn.2026-11.test.pyiscsid:data"
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    try:
+        yield started
+    finally:
+        for daemon in started:
+            daemon.stop(signal.SIGKILL)
+
+
+def fake_root(tmp_path: Path, root_device: str = "43:1") -> tuple[str, Path]:
+    """A sysfs with nbd0 and sda, a mountinfo with / on ``root_device``; returns the daemon
+    config lines that point at them, and nbd0's ``pid`` file (the test writes it once the
+    NBD client is there: the daemon reads it at shutdown)."""
+    sysfs = Sysfs(tmp_path / "sys")
+    nbd0 = sysfs.disk("nbd0", "43:0", pid=0)
+    sysfs.partition(nbd0, "nbd0p1", "43:1")
+    sysfs.disk("sda", "8:0", parent="devices/pci0000:00/block")
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        f"29 1 {root_device} / / rw,relatime shared:1 - ext4 /dev/root rw\n"
+        "22 29 0:5 / /proc rw,nosuid - proc proc rw\n"
+    )
+    config = f"rootdisk.mountinfo_path = {mountinfo}\nrootdisk.sysfs_path = {sysfs.root}\n"
+    return config, nbd0 / "pid"
+
+
+def events(daemon: Daemon, name: str) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
+    return [e for e in lines if e.get("event") == name]
+
+
+async def wait_event(daemon: Daemon, name: str) -> dict[str, Any]:
+    """Until the daemon has logged ``name`` (bounded), polling its log file."""
+    async with asyncio.timeout(WAIT):
+        while not (found := events(daemon, name)):
+            assert daemon.process is not None and daemon.process.poll() is None, daemon.log()
+            await asyncio.sleep(0.05)
+    return found[0]
+
+
+async def two_sessions(tgt: TgtDisk, daemons: list[Daemon], root: Path, config: str) -> Daemon:
+    tgt.target.add_disk(OTHER_TID, OTHER_IQN, root.parent / "data.img", 16 << 20)
+    daemon = Daemon(root, config_text=config)
+    daemons.append(daemon)
+    await asyncio.to_thread(daemon.start)
+    for argv in (("-m", "discovery", "-t", "st", "-p", tgt.portal), ("-m", "node", "--login")):
+        done = await asyncio.to_thread(daemon.client, *argv)
+        assert done.returncode == 0, done.stdout + done.stderr
+    return daemon
+
+
+async def exit_code(daemon: Daemon) -> int:
+    assert daemon.process is not None
+    return await asyncio.to_thread(daemon.process.wait, WAIT)
+
+
+@pytest.mark.parametrize("pid_known", [True, False], ids=["pid-matches", "pid-unknown"])
+async def test_the_root_disk_is_kept_and_served_until_its_client_lets_go(
+    tgt: TgtDisk, daemons: list[Daemon], tmp_path: Path, pid_known: bool
+) -> None:
+    config, pid_file = fake_root(tmp_path)
+    daemon = await two_sessions(tgt, daemons, tmp_path / "daemon", config)
+    io = await QemuIo.open(f"nbd+unix:///{tgt.iqn}/{tgt.lun}?socket={daemon.nbd_socket}")
+    try:
+        # nbd-client in ioctl mode forks after connecting: the kernel then names a pid
+        # that is none of our peers, and the daemon must keep every disk in use.
+        pid_file.write_text(f"{io.process.pid if pid_known else 1}\n")
+        assert daemon.process is not None
+        assert "wrote 4096/4096" in await io.command("write -P 0x5a 0 4k")
+
+        daemon.process.send_signal(signal.SIGTERM)
+        staying = await wait_event(daemon, "staying up to serve disks in use")
+        assert staying["exports"] == [f"{tgt.iqn}/{tgt.lun}"]
+        assert staying["spared_from_final_kill"] is True
+        cmdline = Path(f"/proc/{daemon.process.pid}/cmdline").read_bytes()
+        assert cmdline.startswith(b"@")  # systemd-shutdown's final kill spares us
+
+        # The other session was logged out; the root one is still on the target...
+        assert await asyncio.to_thread(tgt.target.sessions, OTHER_TID) == []
+        assert len(await asyncio.to_thread(tgt.sessions)) == 1
+        (kept,) = events(daemon, "left logged in at shutdown")
+        assert kept["ISCSI_TARGET"] == tgt.iqn
+        assert kept["reason"] == "its disk holds the root file system"
+        if not pid_known:
+            (warned,) = events(daemon, "keeping every disk in use")
+            assert "none of our NBD clients" in warned["reason"]
+        # ...and still served: a write after SIGTERM reaches the backing file.
+        assert "wrote 4096/4096" in await io.command("write -P 0xa5 4096 4k")
+        answer = await io.command("read -P 0x5a 0 4k")
+        assert "read 4096/4096" in answer and "verification failed" not in answer
+        # A second SIGTERM (systemd's stop job repeats none, but an admin may) changes nothing.
+        daemon.process.send_signal(signal.SIGTERM)
+        assert "wrote 4096/4096" in await io.command("write -P 0xa6 8192 4k")
+    finally:
+        await io.close()
+    # The client let go of the disk: the daemon leaves, without a logout of the root disk.
+    assert await exit_code(daemon) == 0
+    assert [e["ISCSI_TARGET"] for e in events(daemon, "logged out")] == [OTHER_IQN]
+    with open(tgt.backing, "rb") as backing:
+        assert backing.read(12288) == b"\x5a" * 4096 + b"\xa5" * 4096 + b"\xa6" * 4096
+
+
+async def test_with_root_elsewhere_every_session_is_logged_out_and_clients_dropped(
+    tgt: TgtDisk, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    config, pid_file = fake_root(tmp_path, root_device="8:0")
+    daemon = await two_sessions(tgt, daemons, tmp_path / "daemon", config)
+    io = await QemuIo.open(f"nbd+unix:///{tgt.iqn}/{tgt.lun}?socket={daemon.nbd_socket}")
+    try:
+        pid_file.write_text(f"{io.process.pid}\n")
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await exit_code(daemon) == 0
+        answer = await io.command("read 0 4k")
+        assert "read failed" in answer or "Input/output error" in answer  # the client was cut off
+    finally:
+        await io.close()
+    assert sorted(e["ISCSI_TARGET"] for e in events(daemon, "logged out")) == sorted(
+        [tgt.iqn, OTHER_IQN]
+    )
+    assert events(daemon, "staying up to serve disks in use") == []
+    assert await asyncio.to_thread(tgt.sessions) == []
+    assert os.path.exists(tgt.backing)
