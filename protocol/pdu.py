@@ -241,8 +241,24 @@ class ScsiCommand(Pdu):
     expected_bidirectional_read_data_length: int | None = None
 
     def pack_bhs(self) -> bytes:
-        if not 1 <= len(self.cdb) <= 260:
-            raise InitiatorProtocolError(f"CDB length {len(self.cdb)} is not between 1 and 260")
+        cdb = self.cdb
+        if 0 < len(cdb) <= 16 and self.expected_bidirectional_read_data_length is None:
+            # Every read and write: no AHS, and the one struct call.
+            data_length = len(self.data)
+            if data_length > MAX_DATA_SEGMENT_LENGTH:
+                _head(0, 0, 0, 0, 0, data_length)  # raises, saying why
+            return self._S.pack(
+                self.opcode | (_IMMEDIATE if self.immediate else 0),
+                (_FINAL if self.final else 0)
+                | (0x40 if self.read else 0)
+                | (0x20 if self.write else 0)
+                | (self.attribute & 0x07),
+                0, 0, data_length,
+                self.lun, self.initiator_task_tag, self.expected_data_transfer_length,
+                self.cmd_sn, self.exp_stat_sn, cdb,
+            )  # fmt: skip
+        if not 1 <= len(cdb) <= 260:
+            raise InitiatorProtocolError(f"CDB length {len(cdb)} is not between 1 and 260")
         ahs = b""
         if len(self.cdb) > 16:
             extra = self.cdb[16:]

@@ -14,6 +14,7 @@ Responses longer than the allocation length are cut short by the target (SPC-4 s
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
 import uuid
 from collections.abc import Sequence
@@ -249,16 +250,26 @@ def report_luns(allocation_length: int = 4096, select_report: int = 0) -> bytes:
     return struct.pack(">BxB3xIxB", Opcode.REPORT_LUNS, select_report, allocation_length, 0)
 
 
+_RW10 = struct.Struct(">BBIBHB")
+_RW16 = struct.Struct(">BBQIBB")
+
+
 def _rw10(opcode: Opcode, lba: int, blocks: int, fua: bool) -> bytes:
-    _check("LBA", lba, 32)
-    _check("transfer length", blocks, 16)
-    return struct.pack(">BBIBHB", opcode, 0x08 if fua else 0, lba, 0, blocks, 0)
+    try:  # the checks only to explain a failure: this is every I/O's path
+        return _RW10.pack(opcode, 0x08 if fua else 0, lba, 0, blocks, 0)
+    except struct.error:
+        _check("LBA", lba, 32)
+        _check("transfer length", blocks, 16)
+        raise
 
 
 def _rw16(opcode: Opcode, lba: int, blocks: int, fua: bool) -> bytes:
-    _check("LBA", lba, 64)
-    _check("transfer length", blocks, 32)
-    return struct.pack(">BBQIBB", opcode, 0x08 if fua else 0, lba, blocks, 0, 0)
+    try:
+        return _RW16.pack(opcode, 0x08 if fua else 0, lba, blocks, 0, 0)
+    except struct.error:
+        _check("LBA", lba, 64)
+        _check("transfer length", blocks, 32)
+        raise
 
 
 def read10(lba: int, blocks: int, fua: bool = False) -> bytes:
@@ -808,9 +819,10 @@ def encode_lun(lun: int) -> bytes:
     return raw
 
 
+@functools.lru_cache(maxsize=1024)
 def lun_to_field(lun: int) -> int:
     """The LUN as the 64-bit big-endian integer that sits in the BHS (RFC 7143 section
-    11.3.4)."""
+    11.3.4). Cached: a session uses a handful of LUNs, for every command."""
     return int.from_bytes(encode_lun(lun), "big")
 
 

@@ -16,19 +16,19 @@ def sn_add(a: int, n: int) -> int:
 
 def sn_lt(a: int, b: int) -> bool:
     """a < b in serial arithmetic. Undefined (False both ways) when a and b are 2**31 apart."""
-    return a != b and ((a < b and b - a < _HALF) or (a > b and a - b > _HALF))
+    return 0 < ((b - a) & MASK) < _HALF
 
 
 def sn_gt(a: int, b: int) -> bool:
-    return sn_lt(b, a)
+    return 0 < ((a - b) & MASK) < _HALF
 
 
 def sn_le(a: int, b: int) -> bool:
-    return a == b or sn_lt(a, b)
+    return ((b - a) & MASK) < _HALF
 
 
 def sn_ge(a: int, b: int) -> bool:
-    return a == b or sn_lt(b, a)
+    return ((a - b) & MASK) < _HALF
 
 
 def sn_diff(a: int, b: int) -> int:
