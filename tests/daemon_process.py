@@ -6,6 +6,7 @@ Every path the daemon touches lives in a test directory, so tests never read or 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -172,6 +173,17 @@ class Daemon:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The ``--log json`` events called ``name``, in order."""
+        lines = [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
+        return [event for event in lines if event.get("event") == name]
+
+    async def login_all(self, portal: str) -> None:
+        """Discover ``portal`` and log in to every node found (each LUN is then exported)."""
+        for argv in (("-m", "discovery", "-t", "st", "-p", portal), ("-m", "node", "--login")):
+            done = await asyncio.to_thread(self.client, *argv)
+            assert done.returncode == 0, done.stdout + done.stderr
 
     def client(
         self, *args: str, user: str | None = None, timeout: float = CLIENT_TIMEOUT

@@ -14,7 +14,6 @@ tgtd frozen (SIGSTOP) for longer than the NOP-Out timeout, the connection droppe
 from __future__ import annotations
 
 import asyncio
-import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -122,9 +121,7 @@ async def logged_in(tgt: TgtDisk, daemons: list[Daemon], root: Path, config: str
     daemon = Daemon(root, config_text=config)
     daemons.append(daemon)
     await asyncio.to_thread(daemon.start)
-    for argv in (("-m", "discovery", "-t", "st", "-p", tgt.portal), ("-m", "node", "--login")):
-        done = await asyncio.to_thread(daemon.client, *argv)
-        assert done.returncode == 0, done.stdout + done.stderr
+    await daemon.login_all(tgt.portal)
     return daemon
 
 
@@ -139,11 +136,6 @@ async def wait_for(daemon: Daemon, *states: str) -> None:
 async def reconnects(daemon: Daemon) -> int:
     reply = await asyncio.to_thread(daemon.request, "session.show")
     return int(reply["result"]["sessions"][0]["stats"]["reconnects"])
-
-
-def events(daemon: Daemon, name: str) -> list[dict[str, object]]:
-    lines = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
-    return [e for e in lines if e.get("event") == name]
 
 
 async def test_frozen_target_is_invisible_to_the_nbd_client(
@@ -171,7 +163,7 @@ async def test_frozen_target_is_invisible_to_the_nbd_client(
         await io.close()
     assert load.errors == []
     load.check_backing(tgt)
-    (failed,) = events(daemon, "session failed")
+    (failed,) = daemon.events("session failed")
     assert "NOP-Out" in str(failed["reason"])
     assert await reconnects(daemon) == 1
 
@@ -245,6 +237,6 @@ async def test_outage_beyond_replacement_timeout_is_eio_then_the_export_serves_a
     async with asyncio.timeout(WAIT):
         out, _ = await check.communicate()
     assert int(out) == tgt.size
-    assert len(events(daemon, "replacement timeout expired")) == 1
-    failures = [e for e in events(daemon, "nbd request failed") if e["command"] == 1]
+    assert len(daemon.events("replacement timeout expired")) == 1
+    failures = [e for e in daemon.events("nbd request failed") if e["command"] == 1]
     assert failures and "replacement" in str(failures[0]["error"])

@@ -10,7 +10,6 @@ in which ``/`` is on /dev/nbd0p1 and /sys/block/nbd0/pid names the qemu-io proce
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -60,15 +59,10 @@ def fake_root(tmp_path: Path, root_device: str = "43:1") -> tuple[str, Path]:
     return config, nbd0 / "pid"
 
 
-def events(daemon: Daemon, name: str) -> list[dict[str, Any]]:
-    lines = [json.loads(line) for line in daemon.log().splitlines() if line.startswith("{")]
-    return [e for e in lines if e.get("event") == name]
-
-
 async def wait_event(daemon: Daemon, name: str) -> dict[str, Any]:
     """Until the daemon has logged ``name`` (bounded), polling its log file."""
     async with asyncio.timeout(WAIT):
-        while not (found := events(daemon, name)):
+        while not (found := daemon.events(name)):
             assert daemon.process is not None and daemon.process.poll() is None, daemon.log()
             await asyncio.sleep(0.05)
     return found[0]
@@ -79,9 +73,7 @@ async def two_sessions(tgt: TgtDisk, daemons: list[Daemon], root: Path, config: 
     daemon = Daemon(root, config_text=config)
     daemons.append(daemon)
     await asyncio.to_thread(daemon.start)
-    for argv in (("-m", "discovery", "-t", "st", "-p", tgt.portal), ("-m", "node", "--login")):
-        done = await asyncio.to_thread(daemon.client, *argv)
-        assert done.returncode == 0, done.stdout + done.stderr
+    await daemon.login_all(tgt.portal)
     return daemon
 
 
@@ -114,11 +106,11 @@ async def test_the_root_disk_is_kept_and_served_until_its_client_lets_go(
         # The other session was logged out; the root one is still on the target...
         assert await asyncio.to_thread(tgt.target.sessions, OTHER_TID) == []
         assert len(await asyncio.to_thread(tgt.sessions)) == 1
-        (kept,) = events(daemon, "left logged in at shutdown")
+        (kept,) = daemon.events("left logged in at shutdown")
         assert kept["ISCSI_TARGET"] == tgt.iqn
         assert kept["reason"] == "its disk holds the root file system"
         if not pid_known:
-            (warned,) = events(daemon, "keeping every disk in use")
+            (warned,) = daemon.events("keeping every disk in use")
             assert "none of our NBD clients" in warned["reason"]
         # ...and still served: a write after SIGTERM reaches the backing file.
         assert "wrote 4096/4096" in await io.command("write -P 0xa5 4096 4k")
@@ -131,7 +123,7 @@ async def test_the_root_disk_is_kept_and_served_until_its_client_lets_go(
         await io.close()
     # The client let go of the disk: the daemon leaves, without a logout of the root disk.
     assert await exit_code(daemon) == 0
-    assert [e["ISCSI_TARGET"] for e in events(daemon, "logged out")] == [OTHER_IQN]
+    assert [e["ISCSI_TARGET"] for e in daemon.events("logged out")] == [OTHER_IQN]
     with open(tgt.backing, "rb") as backing:
         assert backing.read(12288) == b"\x5a" * 4096 + b"\xa5" * 4096 + b"\xa6" * 4096
 
@@ -151,9 +143,9 @@ async def test_with_root_elsewhere_every_session_is_logged_out_and_clients_dropp
         assert "read failed" in answer or "Input/output error" in answer  # the client was cut off
     finally:
         await io.close()
-    assert sorted(e["ISCSI_TARGET"] for e in events(daemon, "logged out")) == sorted(
+    assert sorted(e["ISCSI_TARGET"] for e in daemon.events("logged out")) == sorted(
         [tgt.iqn, OTHER_IQN]
     )
-    assert events(daemon, "staying up to serve disks in use") == []
+    assert daemon.events("staying up to serve disks in use") == []
     assert await asyncio.to_thread(tgt.sessions) == []
     assert os.path.exists(tgt.backing)
