@@ -208,15 +208,25 @@ class IscsiConnection(asyncio.Protocol):
         self._arm_timer()
 
     def _arm_timer(self) -> None:
+        """Have :meth:`_on_timer` run by the core's next deadline.
+
+        Every PDU received moves the NOP-Out deadline later; a timer already set earlier is
+        kept (when it fires, nothing is due yet and it is set again), so that a busy
+        connection does not cancel and create a timer per PDU.
+        """
         assert self._core is not None
         deadline = self._core.next_deadline()
-        if self._timer is not None:
-            if deadline is not None and self._timer.when() == deadline:
+        timer = self._timer
+        if deadline is None:
+            if timer is not None:
+                timer.cancel()
+                self._timer = None
+            return
+        if timer is not None:
+            if timer.when() <= deadline:
                 return
-            self._timer.cancel()
-            self._timer = None
-        if deadline is not None:
-            self._timer = self._loop.call_at(deadline, self._on_timer)
+            timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
