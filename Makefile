@@ -12,7 +12,7 @@ SOURCES     := $(wildcard protocol daemon client tests bench)
 APT_PACKAGES := tgt libiscsi-bin libnbd-bin qemu-utils qemu-block-extra libsystemd-dev pkg-config gcc iproute2 systemd \
                 python3 python3-venv python3-dev
 
-.PHONY: all test lint typecheck unit integration run bench system-deps venv clean install
+.PHONY: all test lint typecheck unit integration run bench bench-deps system-deps venv clean install
 
 all: test
 
@@ -59,8 +59,26 @@ test: venv lint typecheck
 run: venv
 	$(VPY) -m pyiscsid.daemon.run_local
 
-bench: venv
-	$(VPY) -m bench
+# make bench only: fio (its nbd engine drives the daemon's NBD exports). BENCH_ARGS passes options,
+# e.g. make bench BENCH_ARGS='--quick' or BENCH_ARGS='--only nbd,login' (python -m bench --help).
+BENCH_PACKAGES := fio
+BENCH_ARGS  ?=
+
+bench-deps: system-deps
+	@missing=$$(for p in $(BENCH_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	  done | xargs); \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "pyiscsid: make bench needs Debian packages; as root run: apt-get install $$missing" >&2; exit 1; \
+	  fi; \
+	  echo "installing Debian packages for the bench: $$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+bench: venv bench-deps
+	$(VPY) -m bench $(BENCH_ARGS)
 
 # make install (as root): pyiscsid in $(SBINDIR) and pyiscsiadm in $(BINDIR), two-line wrappers that
 # exec this checkout's .venv (which stays editable: keep the checkout where it is); the unit files

@@ -1,138 +1,152 @@
-"""`make bench`: pyiscsid against libiscsi's iscsi-perf, on one tgtd, in one run.
+"""`make bench`: pyiscsid against libiscsi, on one throwaway tgtd on loopback, in one run.
 
-Prints a table of IOPS and MB/s for each workload and the ratio pyiscsid / libiscsi, then
-the login latency of both. Speed targets (issue 6) are judged on these ratios, never in
-tests. pyiscsid is driven through its session API (the path NBD requests take).
+Parts (all by default; --only picks some):
+  libiscsi   iscsi-perf, the reference: sequential 128 KiB and random 4 KiB reads with 32
+             in flight, 4 KiB reads with 1 in flight
+  api        the same workloads through a pyiscsid Session in this process
+  nbd        the same workloads through a real pyiscsid daemon's NBD export, with fio's
+             nbd engine; plus fio against qemu-nbd serving the file, to show fio's ceiling
+  login      discovery + login + logout: libiscsi tools, the session API, the daemon
+  resources  the daemon's CPU seconds per GB and RSS over NBD writes and reads
+  idle       200 idle sessions in one daemon: time to log in, RSS, CPU per minute of pings
+
+Ratios to libiscsi come from the same run (api and nbd bring libiscsi along). Speed goals
+(issue 6) are judged on them here, never in tests. Progress goes to stderr, the report to
+stdout. Everything started (tgtd, daemons, qemu-nbd, targets, files) is removed on exit,
+error or Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import random
-import re
-import statistics
-import subprocess
-import tempfile
+import os
+import signal
+import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from types import FrameType
 
-import uvloop
-from pyiscsid.daemon.driver import open_connection
-from pyiscsid.daemon.localtarget import TgtTarget
-from pyiscsid.daemon.session import Session
-from pyiscsid.protocol import scsi
-from pyiscsid.protocol.config import ConnectionConfig
-from pyiscsid.protocol.discovery import parse_portal
+from . import idle, login, resources, throughput
+from . import report as fmt
+from .rig import DISK, Rig
+from .workloads import WORKLOADS
 
-IQN = "iqn.2026-11.bench.pyiscsid:disk"
-INITIATOR = "iqn.2026-11.bench.pyiscsid:initiator"
-DISK = 1 << 30  # sparse: reads cost the target no disk I/O, for either initiator
-SECTOR = 512
+PARTS = ("libiscsi", "api", "nbd", "login", "resources", "idle")
+PATHS = {
+    "libiscsi": (throughput.LIBISCSI,),
+    "api": (throughput.SESSION_API,),
+    "nbd": (throughput.NBD, throughput.REFERENCE),
+}
 
 
-@dataclass(frozen=True)
-class Workload:
-    name: str
-    blocks: int  # 512-byte blocks per request
-    in_flight: int
-    random: bool
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="PART[,PART]",
+        help=f"run only these parts: {', '.join(PARTS)} (repeatable)",
+    )
+    parser.add_argument(
+        "--workload",
+        action="append",
+        metavar="KEY[,KEY]",
+        help=f"only these workloads: {', '.join(w.key for w in WORKLOADS)}",
+    )
+    parser.add_argument("--quick", action="store_true", help="a smoke test: short and small")
+    parser.add_argument("--seconds", type=int, help="per workload and path (5; quick 1)")
+    parser.add_argument("--login-rounds", type=int, help="login rounds per initiator (20; 3)")
+    parser.add_argument("--move-mib", type=int, help="MiB written, then read (1024; 64)")
+    parser.add_argument("--idle-sessions", type=int, help="idle sessions (200; 20)")
+    parser.add_argument("--idle-seconds", type=float, help="idle window measured (60; 6)")
+    args = parser.parse_args(argv)
+
+    def split(values: list[str] | None, known: tuple[str, ...], what: str) -> list[str]:
+        if not values:
+            return list(known)
+        chosen = [v.strip() for value in values for v in value.split(",") if v.strip()]
+        unknown = sorted(set(chosen) - set(known))
+        if unknown:
+            parser.error(f"unknown {what} {', '.join(unknown)}: choose from {', '.join(known)}")
+        return chosen
+
+    if args.seconds is not None and args.seconds < 1:
+        parser.error("--seconds: at least 1 (iscsi-perf and fio count whole seconds)")
+    args.parts = split(args.only, PARTS, "part")
+    keys = split(args.workload, tuple(w.key for w in WORKLOADS), "workload")
+    args.workloads = [w for w in WORKLOADS if w.key in keys]
+    defaults = {
+        "seconds": (5, 1),
+        "login_rounds": (20, 3),
+        "move_mib": (1024, 64),
+        "idle_sessions": (200, 20),
+        "idle_seconds": (60.0, 6.0),
+    }
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    return args
 
 
-WORKLOADS = (
-    Workload("sequential 128 KiB reads, 32 in flight", 256, 32, False),
-    Workload("random 4 KiB reads, 32 in flight", 8, 32, True),
-    Workload("4 KiB reads, 1 in flight", 8, 1, False),
-)
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """The first Ctrl-C (or SIGTERM) unwinds the bench; later ones are ignored, so that the
+    teardown (every wait in it is bounded) runs to the end."""
+    _ignore_signals()
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
-def libiscsi_iops(url: str, workload: Workload, seconds: int) -> float:
-    argv = ["iscsi-perf", "-i", INITIATOR, "-m", str(workload.in_flight)]
-    argv += ["-b", str(workload.blocks), "-t", str(seconds)]
-    if workload.random:
-        argv.append("-r")
-    done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=seconds + 30)
-    found = re.findall(r"iops average (\d+)", done.stdout)
-    if not found:
-        raise RuntimeError(f"iscsi-perf said: {done.stdout[-500:]} {done.stderr[-500:]}")
-    return float(found[-1])
+def _machine() -> str:
+    load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    return f"{os.cpu_count()} CPUs, load average {load}"
 
 
-async def pyiscsid_iops(portal: str, workload: Workload, seconds: float) -> float:
-    config = ConnectionConfig(INITIATOR, IQN, isid=Session.new_isid(), noop_out_interval=0)
-    session = Session(1, IQN, parse_portal(portal), config, login_timeout=10, logout_timeout=10)
-    await session.login()
-    last = DISK // SECTOR - workload.blocks
-    length = workload.blocks * SECTOR
-    next_lba = 0
-    done = 0
-    deadline = time.monotonic() + seconds
-
-    async def reader() -> None:
-        nonlocal next_lba, done
-        buffer = memoryview(bytearray(length))
-        while time.monotonic() < deadline:
-            if workload.random:
-                lba = random.randrange(0, last) // workload.blocks * workload.blocks
-            else:
-                lba, next_lba = next_lba, (next_lba + workload.blocks) % last
-            cdb = scsi.read16(lba, workload.blocks)
-            (await session.execute(cdb, lun=1, read_buffer=buffer)).check()
-            done += 1
-
-    started = time.monotonic()
-    await asyncio.gather(*(reader() for _ in range(workload.in_flight)))
-    elapsed = time.monotonic() - started
-    await session.logout()
-    return done / elapsed
+def run(args: argparse.Namespace) -> list[str]:
+    out = [f"pyiscsid bench: {time.strftime('%Y-%m-%d %H:%M:%S')}, {_machine()}"]
+    paths: list[str] = []
+    for part in ("libiscsi", "api", "nbd"):
+        if part in args.parts:
+            if part != "libiscsi" and throughput.LIBISCSI not in paths:
+                paths.insert(0, throughput.LIBISCSI)  # ratios need the same run's libiscsi
+            paths += [p for p in PATHS[part] if p not in paths]
+    with Rig() as rig:
+        out.append(f"tgtd {rig.portal}; LUN {DISK >> 30} GiB sparse; parts: {' '.join(args.parts)}")
+        print(out[-1], file=sys.stderr, flush=True)
+        if paths:
+            rows = throughput.run(rig, paths, args.workloads, args.seconds)
+            out += ["", *fmt.throughput(rows, args.seconds)]
+        if "login" in args.parts:
+            out += ["", *fmt.login(login.run(rig, args.login_rounds), args.login_rounds)]
+        if "resources" in args.parts:
+            out += ["", *fmt.resources(resources.run(rig, args.move_mib << 20))]
+        if "idle" in args.parts:
+            out += ["", *fmt.idle(idle.run(rig, args.idle_sessions, args.idle_seconds))]
+        # Teardown (the rig's exit) runs with signals ignored: a second Ctrl-C must not
+        # leave a tgtd or a daemon behind.
+        _ignore_signals()
+    out.append(f"\nfinished {time.strftime('%H:%M:%S')}, {_machine()}")
+    return out
 
 
-async def pyiscsid_login(portal: str, rounds: int) -> float:
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        config = ConnectionConfig(INITIATOR, IQN, isid=Session.new_isid(), noop_out_interval=0)
-        conn = await open_connection(parse_portal(portal), config)
-        await conn.logout()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+def _ignore_signals() -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
-def libiscsi_login(url: str, rounds: int) -> float:
-    """iscsi-inq: a process that logs in, sends one INQUIRY and logs out."""
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        subprocess.run(["iscsi-inq", "-i", INITIATOR, url], capture_output=True, timeout=30)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="make bench", description=__doc__)
-    parser.add_argument("--seconds", type=int, default=5, help="per workload and initiator")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="pyiscsid-bench-") as tmp, TgtTarget(tmp) as tgt:
-        tgt.add_disk(1, IQN, Path(tmp) / "disk.img", DISK)
-        url = tgt.url(IQN, 1)
-        print(f"tgtd at {tgt.portal}, {DISK >> 20} MiB sparse LUN, {args.seconds} s per run\n")
-        print(f"{'workload':42} {'libiscsi':>16} {'pyiscsid':>16} {'ratio':>6}")
-        for workload in WORKLOADS:
-            theirs = libiscsi_iops(url, workload, args.seconds)
-            ours = uvloop.run(pyiscsid_iops(tgt.portal, workload, args.seconds))
-            mb = workload.blocks * SECTOR / 1e6
-            print(
-                f"{workload.name:42} {theirs:7.0f} IOPS {theirs * mb:4.0f}MB/s"
-                f" {ours:7.0f} IOPS {ours * mb:4.0f}MB/s {ours / theirs:6.2f}"
-            )
-        ours_login = uvloop.run(pyiscsid_login(tgt.portal, 20))
-        theirs_login = libiscsi_login(url, 20)
-        print(
-            f"\nlogin + logout, median of 20: pyiscsid {ours_login * 1000:.2f} ms, "
-            f"iscsi-inq (a whole process, with one INQUIRY) {theirs_login * 1000:.2f} ms"
-        )
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _interrupt)
+    try:
+        lines = run(args)
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; everything it started has been stopped", file=sys.stderr)
+        return 130
+    print("\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

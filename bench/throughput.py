@@ -1,0 +1,91 @@
+"""The three read workloads through every path, interleaved (each workload runs through
+every path before the next workload starts, so that a busy moment on the machine hurts all
+paths alike rather than one)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from . import libiscsi, session_api
+from .fio import FioResult, QemuNbd, fio_workload, require_fio
+from .procstat import CpuWindow
+from .rig import DISK, READ_LUN, TARGET, Rig
+from .workloads import Run, Workload
+
+LIBISCSI = "libiscsi iscsi-perf"
+SESSION_API = "pyiscsid session API"
+NBD = "pyiscsid daemon, NBD (fio)"
+REFERENCE = "fio -> qemu-nbd, no iSCSI"
+REFERENCE_SIZE = 256 << 20
+
+
+@dataclass(frozen=True)
+class Row:
+    workload: Workload
+    path: str
+    run: Run
+
+
+def _nbd_run(fio: FioResult, window: CpuWindow, workload: Workload, server: str) -> Run:
+    """CPU shares over fio's own runtime: the servers are idle outside it."""
+    seconds = {name: window.seconds(name) for name in ("daemon", "tgtd", "qemu")}
+    share = {k: v / fio.seconds if v is not None else None for k, v in seconds.items()}
+    return Run(
+        fio.iops,
+        workload.length,
+        workload.in_flight,
+        initiator_cpu=share["daemon"],
+        target_cpu=share[server],
+        client_cpu=fio.cpu,
+    )
+
+
+def _reference_file(rig: Rig) -> os.PathLike[str]:
+    """What qemu-nbd serves: real data, not holes. For a sparse file qemu-nbd answers a read
+    with a hole chunk (structured replies, which fio's libnbd asks for) and moves no data,
+    while pyiscsid's simple replies always carry the bytes."""
+    path = rig.root / "reference.img"
+    block = os.urandom(1 << 20)
+    with path.open("wb") as file:
+        for _ in range(REFERENCE_SIZE >> 20):
+            file.write(block)
+    return path
+
+
+def run(rig: Rig, paths: Sequence[str], workloads: Sequence[Workload], seconds: float) -> list[Row]:
+    rows: list[Row] = []
+    with contextlib.ExitStack() as stack:
+        daemon = reference = None
+        if NBD in paths or REFERENCE in paths:
+            require_fio()
+        if NBD in paths:
+            daemon = stack.enter_context(rig.daemon("nbd-daemon"))
+            daemon.login(rig.portal, TARGET)
+        if REFERENCE in paths:
+            served = _reference_file(rig)
+            reference = stack.enter_context(QemuNbd(served, rig.root / "qemu-nbd.sock"))
+        for workload in workloads:
+            for path in paths:
+                print(f"  {workload.name}: {path}", file=sys.stderr, flush=True)
+                if path == LIBISCSI:
+                    result = libiscsi.iscsi_perf(rig.url(), workload, seconds, rig.tgtd_pid)
+                elif path == SESSION_API:
+                    result = session_api.session_run(
+                        rig.portal, TARGET, READ_LUN, DISK, workload, seconds, rig.tgtd_pid
+                    )
+                elif path == NBD and daemon is not None:
+                    window = CpuWindow(daemon=daemon.pid, tgtd=rig.tgtd_pid)
+                    fio = fio_workload(daemon.nbd_uri(rig.export()), workload, seconds)
+                    result = _nbd_run(fio, window.stop(), workload, "tgtd")
+                elif path == REFERENCE and reference is not None:
+                    window = CpuWindow(qemu=reference.pid)
+                    fio = fio_workload(reference.uri, workload, seconds)
+                    result = _nbd_run(fio, window.stop(), workload, "qemu")
+                else:
+                    raise ValueError(f"unknown path {path!r}")
+                rows.append(Row(workload, path, result))
+    return rows
