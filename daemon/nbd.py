@@ -37,10 +37,12 @@ log = structlog.get_logger("pyiscsid.nbd")
 
 DEFAULT_MAX_TRANSFER = 1024 * 1024  # per SCSI command when the target reports no limit
 MAX_IN_FLIGHT = 64  # requests per client; the reader stops reading beyond this
+READ_CHUNK = 256 * 1024  # bytes read from a client at once
 LBA_OUT_OF_RANGE = 0x21  # ASC of ILLEGAL REQUEST, "logical block address out of range"
 BASE_ALLOCATION_ID = 1  # our id for base:allocation in NBD_REP_META_CONTEXT and block status
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _WRITING = frozenset({Command.WRITE, Command.WRITE_ZEROES, Command.TRIM})
+_FUA = int(CommandFlag.FUA)  # an int: ``int & IntFlag`` runs Flag.__and__ in Python
 
 
 class NbdRequestError(Exception):
@@ -199,10 +201,7 @@ class LunExport:
         """One SCSI command; with ``whole``, a residual (the target moved less than asked)
         is an error, since NBD has no short reads or writes. UNMAP passes False: tgtd reports
         a residual for the parameter list's unused tail, with GOOD status."""
-        result = await self.session.execute(cdb, lun=self.lun, **command)
-        result.check()
-        if whole and result.residual_count:
-            raise ISCSIError(f"short transfer: {result.residual_count} bytes not moved")
+        _whole(await self.session.execute(cdb, lun=self.lun, **command), whole)
 
     async def _all(
         self, what: str, offset: int, pieces: list[tuple[int, Coroutine[Any, Any, None]]]
@@ -232,6 +231,17 @@ class LunExport:
         buffer = bytearray(length)
         view = memoryview(buffer)
         size = self.block_size
+        if length <= self.max_transfer:  # the common case: one command, no lists
+            try:
+                _whole(
+                    await self.session.execute(
+                        scsi.read16(offset // size, length // size), lun=self.lun,
+                        read_buffer=view,
+                    )
+                )  # fmt: skip
+            except ISCSIError as exc:
+                raise _failed("READ", offset, exc, False) from exc
+            return buffer
         pieces = [
             (at, self._run(scsi.read16(lba, blocks), read_buffer=view[at : at + blocks * size]))
             for lba, blocks, at in self._chunks(offset, length, self.max_transfer)
@@ -241,6 +251,17 @@ class LunExport:
 
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
         size = self.block_size
+        if len(data) <= self.max_transfer:
+            try:
+                _whole(
+                    await self.session.execute(
+                        scsi.write16(offset // size, len(data) // size, fua=fua), lun=self.lun,
+                        data_out=data,
+                    )
+                )  # fmt: skip
+            except ISCSIError as exc:
+                raise _failed("WRITE", offset, exc, True) from exc
+            return
         pieces = [
             (
                 at,
@@ -283,6 +304,14 @@ class LunExport:
                 raise _failed("TRIM", offset + at, exc, writing=True) from exc
 
 
+def _whole(result: Any, whole: bool = True) -> None:
+    """A command's result as NBD needs it: GOOD status and, with ``whole``, every byte
+    moved (NBD has no short reads or writes)."""
+    result.check()
+    if whole and result.residual_count:
+        raise ISCSIError(f"short transfer: {result.residual_count} bytes not moved")
+
+
 def _failed(what: str, offset: int, exc: ISCSIError, writing: bool) -> NbdIOError:
     return NbdIOError(_errno_for(exc, writing), f"{what} at offset {offset}: {exc}", offset)
 
@@ -322,7 +351,10 @@ class _Client:
         self.meta_contexts: tuple[str, ...] = ()
         self.block_status = False  # transmission: base:allocation was selected for it
         self.requests: set[asyncio.Task[None]] = set()
-        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self._room = asyncio.Event()  # set when fewer than MAX_IN_FLIGHT requests run
+        self._loop = asyncio.get_running_loop()
+        self._replies: list[bytes | bytearray | memoryview] = []  # to write this iteration
+        self._flush_scheduled = False
         self.log = log.bind(peer_pid=self.pid, peer_uid=self.uid) if self.uid is not None else log
 
     def info(self) -> NbdClientInfo:
@@ -347,6 +379,25 @@ class _Client:
     def _send(self, *parts: bytes | bytearray | memoryview) -> None:
         if not self.writer.is_closing():
             self.writer.writelines(parts)
+
+    def _reply(self, *parts: bytes | bytearray | memoryview) -> None:
+        """Queue a reply to a request: the replies of the requests that finish in one loop
+        iteration leave in one ``writelines`` (one system call); a lone request's reply
+        leaves at once, since there is no batch to wait for."""
+        if self.writer.is_closing():
+            return
+        self._replies.extend(parts)
+        if len(self.requests) <= 1 and not self._flush_scheduled:
+            self._flush_replies()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush_replies)
+
+    def _flush_replies(self) -> None:
+        self._flush_scheduled = False
+        replies, self._replies = self._replies, []
+        if replies and not self.writer.is_closing():
+            self.writer.writelines(replies)
 
     def _refuse(self, option: int, reply: Reply, message: str) -> None:
         self._send(wire.option_error(option, reply, message))
@@ -479,35 +530,67 @@ class _Client:
         return True
 
     async def _transmit(self) -> None:
+        """Read requests and start each as a task; at most MAX_IN_FLIGHT run at once.
+
+        Requests are cut from whatever the socket delivered (one ``read`` brings many when
+        the client keeps many in flight), not read one ``readexactly`` at a time.
+        """
         assert self.export is not None
         export = self.export
+        header = wire.REQUEST
+        pending = bytearray()
         try:
             while True:
-                await self.slots.acquire()
-                header = await self.reader.readexactly(wire.REQUEST.size)
-                magic, flags, kind, cookie, offset, length = wire.REQUEST.unpack(header)
-                if magic != wire.REQUEST_MAGIC:
-                    raise NbdProtocolError(f"bad request magic 0x{magic:x}")
-                payload = None
-                if kind == Command.WRITE:
-                    if length > wire.MAX_PAYLOAD:
-                        raise NbdProtocolError(f"write of {length} bytes is beyond 32 MiB")
-                    payload = memoryview(await self.reader.readexactly(length))
-                if kind == Command.DISC:
-                    self.slots.release()
-                    break
-                task = asyncio.create_task(
-                    self._handle(export, flags, kind, cookie, offset, length, payload)
-                )
-                self.requests.add(task)
-                task.add_done_callback(self.requests.discard)
+                used = 0
+                while len(pending) - used >= header.size and len(self.requests) < MAX_IN_FLIGHT:
+                    magic, flags, kind, cookie, offset, length = header.unpack_from(pending, used)
+                    if magic != wire.REQUEST_MAGIC:
+                        raise NbdProtocolError(f"bad request magic 0x{magic:x}")
+                    payload = None
+                    if kind == Command.WRITE:
+                        if length > wire.MAX_PAYLOAD:
+                            raise NbdProtocolError(f"write of {length} bytes is beyond 32 MiB")
+                        start = used + header.size
+                        if len(pending) - start < length:
+                            break  # the rest of the payload is still on its way
+                        payload = memoryview(bytes(pending[start : start + length]))
+                        used = start + length
+                    else:
+                        used += header.size
+                    if kind == Command.DISC:
+                        return
+                    # loop.create_task: asyncio.create_task asks for the running loop, a
+                    # getpid() system call per request on Python 3.11.
+                    task = self._loop.create_task(
+                        self._handle(export, flags, kind, cookie, offset, length, payload)
+                    )
+                    self.requests.add(task)
+                    task.add_done_callback(self._finished)
+                del pending[:used]
+                if len(self.requests) >= MAX_IN_FLIGHT:
+                    self._room.clear()
+                    await self._room.wait()
+                    continue
+                # Back-pressure once per read, not per reply: a client that does not read
+                # its replies is not read from either.
+                await self.writer.drain()
+                chunk = await self.reader.read(READ_CHUNK)
+                if not chunk:
+                    raise asyncio.IncompleteReadError(bytes(pending), None)
+                pending += chunk
         finally:
             # The spec asks that requests sent before NBD_CMD_DISC complete; for a client
             # that vanished they complete into a closed socket, which is harmless.
             if self.requests:
                 await asyncio.gather(*self.requests, return_exceptions=True)
+            self._flush_replies()
             with contextlib.suppress(ConnectionError):
                 await self.writer.drain()
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self.requests.discard(task)
+        if len(self.requests) < MAX_IN_FLIGHT:
+            self._room.set()
 
     def _check(self, export: Export, kind: int, offset: int, length: int) -> None:
         if kind in _WRITING and export.read_only:
@@ -540,7 +623,7 @@ class _Client:
     ) -> None:
         data: bytes | bytearray | memoryview = b""
         failure: NbdRequestError | None = None
-        fua = bool(flags & CommandFlag.FUA)
+        fua = bool(flags & _FUA)
         try:
             match kind:
                 case Command.READ:
@@ -577,8 +660,6 @@ class _Client:
             failure = exc
         except (ISCSIError, OSError) as exc:  # from an Export that does not say where
             failure = NbdIOError(_errno_for(exc, kind in _WRITING), str(exc))
-        finally:
-            self.slots.release()
         if failure is not None:
             if isinstance(failure, NbdIOError):
                 self.log.warning(
@@ -587,21 +668,19 @@ class _Client:
                 )  # fmt: skip
             self._send_error(cookie, failure)
         elif not self.structured:
-            self._send(wire.simple_reply(cookie), data)
+            self._reply(wire.simple_reply(cookie), data)
         elif kind == Command.READ and length:
-            self._send(wire.offset_data_header(cookie, offset, len(data)), data)
+            self._reply(wire.offset_data_header(cookie, offset, len(data)), data)
         elif kind == Command.BLOCK_STATUS:  # every block is allocated, contents unknown
-            self._send(wire.block_status(cookie, BASE_ALLOCATION_ID, [(length, 0)]))
+            self._reply(wire.block_status(cookie, BASE_ALLOCATION_ID, [(length, 0)]))
         else:
-            self._send(wire.structured_none(cookie))
-        with contextlib.suppress(ConnectionError):
-            await self.writer.drain()
+            self._reply(wire.structured_none(cookie))
 
     def _send_error(self, cookie: int, failure: NbdRequestError) -> None:
         if not self.structured:
-            self._send(wire.simple_reply(cookie, failure.error))
+            self._reply(wire.simple_reply(cookie, failure.error))
             return
-        self._send(wire.structured_error(cookie, failure.error, str(failure), failure.offset))
+        self._reply(wire.structured_error(cookie, failure.error, str(failure), failure.offset))
 
 
 class NbdServer:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,11 +161,13 @@ class Session:
         except (ISCSIError, TimeoutError):
             self.luns = []  # the session is usable; `-P 3` will show no LUNs
 
-    async def execute(self, cdb: bytes, **command: Any) -> CommandResult:
+    def execute(self, cdb: bytes, **command: Any) -> Coroutine[Any, Any, CommandResult]:
         """A SCSI command, held and reissued across reconnects (see :mod:`recovery`), and
-        rescued by task management when it gets no answer (see :mod:`escalation`)."""
+        rescued by task management when it gets no answer (see :mod:`escalation`).
+
+        Not a coroutine itself but the recovery's: one frame less on every command."""
         command.setdefault("timeouts", self.task_timeouts)
-        return await self.recovery.execute(cdb=cdb, **command)
+        return self.recovery.execute(cdb=cdb, **command)
 
     async def _scan_luns(self) -> list[LunInfo]:
         report = await self.execute(scsi.report_luns(), lun=0, read_length=4096)
