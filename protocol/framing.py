@@ -66,56 +66,95 @@ class PduReader:
         self.data_digest = data_digest
         self.max_data_segment_length = max_data_segment_length
         self._buffer = bytearray()
+        # Bytes fed while the buffer was empty, parsed in place (PDUs are views into them)
+        # and copied into the buffer only if they end in the middle of a PDU.
+        self._chunk: memoryview | None = None
 
     def __len__(self) -> int:
-        return len(self._buffer)
+        chunk = self._chunk
+        return len(self._buffer) + (len(chunk) if chunk is not None else 0)
 
     def feed(self, data: Buffer) -> None:
-        self._buffer += data
+        if self._chunk is not None:
+            self._spill()
+        if not self._buffer and isinstance(data, bytes):
+            self._chunk = memoryview(data)  # immutable: views into it stay valid
+        else:
+            self._buffer += data
+
+    def _spill(self) -> None:
+        assert self._chunk is not None
+        self._buffer += self._chunk
+        self._chunk = None
 
     def next_pdu(self) -> Pdu | None:
+        chunk = self._chunk
+        if chunk is not None:
+            pdu, used = self._cut(chunk)
+            if pdu is not None:
+                self._chunk = chunk[used:] if used < len(chunk) else None
+                return pdu
+            self._spill()  # a part of a PDU: wait for the rest in the buffer
         buf = self._buffer
         if len(buf) < BHS_LENGTH:
             return None
-        ahs_length, data_length = header_lengths(buf)
+        with memoryview(buf) as pending:  # buf[:total] would copy once more before bytes()
+            total = self._complete(pending)
+            if total is None:
+                return None
+            whole = bytes(pending[:total])  # the one copy out of the receive buffer
+        del buf[:total]
+        pdu, _ = self._cut(memoryview(whole))
+        assert pdu is not None
+        return pdu
+
+    def _layout(self, view: memoryview) -> tuple[int, int, int, int]:
+        """Where the first PDU's parts end: (header, data start, data length, whole PDU)."""
+        ahs_length, data_length = header_lengths(view)
         header_end = BHS_LENGTH + ahs_length
         data_start = header_end + (DIGEST_LENGTH if self.header_digest else 0)
         padded = data_length + (-data_length & 3)
-        data_end = data_start + data_length
         total = data_start + padded + (DIGEST_LENGTH if self.data_digest and data_length else 0)
-        if len(buf) < total:
+        return header_end, data_start, data_length, total
+
+    def _complete(self, view: memoryview) -> int | None:
+        """The length of the first PDU in ``view`` if all of it is there, else None."""
+        header_end, data_start, data_length, total = self._layout(view)
+        if len(view) < total:
             # Check the header digest and the length limit as soon as the header is here, so
             # that a corrupt DataSegmentLength cannot make us wait for 16 MiB that never come.
-            if len(buf) >= data_start:
-                self._check_header(buf, header_end, data_length)
+            if len(view) >= data_start:
+                self._check_header(view, header_end, data_length)
             return None
-        self._check_header(buf, header_end, data_length)
-        with memoryview(buf) as pending:  # buf[:total] would copy once more before bytes()
-            whole = bytes(pending[:total])  # the one copy out of the receive buffer
-        del buf[:total]
-        view = memoryview(whole)
-        data = view[data_start:data_end]
+        return total
+
+    def _cut(self, view: memoryview) -> tuple[Pdu | None, int]:
+        """The first PDU of ``view`` (an immutable buffer) and its length, or (None, 0)."""
+        if len(view) < BHS_LENGTH:
+            return None, 0
+        header_end, data_start, data_length, total = self._layout(view)
+        if len(view) < total:
+            return None, 0
+        self._check_header(view, header_end, data_length)
+        data = view[data_start : data_start + data_length]
         if self.data_digest and data_length:
+            padded = total - DIGEST_LENGTH - data_start
             received = _DIGEST.unpack_from(view, data_start + padded)[0]
             expected = crc32c_of(view[data_start : data_start + padded])
             if received != expected:
                 raise DigestError("data", expected, received)
-        return parse_pdu(view[:BHS_LENGTH], view[BHS_LENGTH:header_end], data)
+        return parse_pdu(view[:BHS_LENGTH], view[BHS_LENGTH:header_end], data), total
 
-    def _check_header(self, buf: bytearray, header_end: int, data_length: int) -> None:
+    def _check_header(self, view: memoryview, header_end: int, data_length: int) -> None:
         if self.header_digest:
-            view = memoryview(buf)
-            try:
-                received = _DIGEST.unpack_from(view, header_end)[0]
-                expected = crc32c_of(view[:header_end])
-            finally:
-                view.release()
+            received = _DIGEST.unpack_from(view, header_end)[0]
+            expected = crc32c_of(view[:header_end])
             if received != expected:
                 raise DigestError("header", expected, received)
         if data_length > self.max_data_segment_length:
             raise TargetProtocolError(
                 f"DataSegmentLength {data_length} exceeds our MaxRecvDataSegmentLength "
-                f"{self.max_data_segment_length} (opcode 0x{buf[0] & 0x3F:02x})"
+                f"{self.max_data_segment_length} (opcode 0x{view[0] & 0x3F:02x})"
             )
 
 
