@@ -42,7 +42,7 @@ from .events import (
     TaskManagementCompleted,
     TextExchangeCompleted,
 )
-from .framing import PduReader, encode_pdu
+from .framing import PduReader, encode_pdu, frame
 from .login import Login
 from .negotiation import SessionParameters
 from .pdu import (
@@ -73,6 +73,7 @@ from .pdu import (
     TaskManagementResponsePdu,
     TextRequest,
     TextResponse,
+    pack_scsi_command,
 )
 from .serial import sn_add, sn_ge, sn_gt, sn_le, sn_lt
 from .stats import ConnectionStats
@@ -81,6 +82,9 @@ from .text import TextAssembler, encode_text, split_text
 
 # The login phase never lets a PDU carry more than 8192 bytes of data (RFC 7143 13.12).
 LOGIN_MAX_DATA_SEGMENT_LENGTH = 8192
+
+
+_SCSI_COMMAND = int(Opcode.SCSI_COMMAND)  # stats key, looked up once
 
 
 class ConnectionState(enum.Enum):
@@ -286,19 +290,26 @@ class Connection:
                 size = min(first_burst, params.target_max_recv_data_segment_length)
                 immediate = data[:size]
             unsolicited = first_burst - len(immediate) if not params.initial_r2t else 0
-        self._send(
-            ScsiCommand(
-                final=unsolicited == 0,
-                read=task.read_buffer is not None,
-                write=data is not None,
-                attribute=task.attribute,
-                lun=task.lun,
-                initiator_task_tag=task.initiator_task_tag,
-                expected_data_transfer_length=task.expected_data_transfer_length,
-                cmd_sn=task.cmd_sn,
-                exp_stat_sn=self.exp_stat_sn,
-                cdb=task.cdb,
-                data=immediate,
+        # Packed straight from the task: a ScsiCommand object would be built only to be
+        # packed (this runs for every READ and WRITE).
+        header = pack_scsi_command(
+            final=unsolicited == 0,
+            read=task.read_buffer is not None,
+            write=data is not None,
+            attribute=task.attribute,
+            lun=task.lun,
+            initiator_task_tag=task.initiator_task_tag,
+            expected_data_transfer_length=task.expected_data_transfer_length,
+            cmd_sn=task.cmd_sn,
+            exp_stat_sn=self.exp_stat_sn,
+            cdb=task.cdb,
+            data_segment_length=len(immediate),
+        )
+        self.stats.sent[_SCSI_COMMAND] += 1
+        self.stats.txdata_octets += len(immediate)
+        self._out.extend(
+            frame(
+                header, immediate, header_digest=self._header_digest, data_digest=self._data_digest
             )
         )
         if unsolicited:

@@ -34,10 +34,16 @@ def padding_for(length: int) -> bytes:
 
 def encode_pdu(pdu: Pdu, *, header_digest: bool = False, data_digest: bool = False) -> list[Buffer]:
     """The PDU as buffers for ``writelines``: the data payload is passed through, not copied."""
-    header = pdu.pack_bhs()
+    return frame(pdu.pack_bhs(), pdu.data, header_digest=header_digest, data_digest=data_digest)
+
+
+def frame(
+    header: bytes, data: Buffer, *, header_digest: bool = False, data_digest: bool = False
+) -> list[Buffer]:
+    """A packed BHS (and AHS) and its data segment as buffers for ``writelines``, with the
+    padding and digests the connection uses."""
     if header_digest:
         header += _DIGEST.pack(crc32c_of(header))
-    data = pdu.data
     if not len(data):
         return [header]
     pad = padding_for(len(data))

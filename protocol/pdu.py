@@ -242,45 +242,24 @@ class ScsiCommand(Pdu):
 
     def pack_bhs(self) -> bytes:
         cdb = self.cdb
-        if 0 < len(cdb) <= 16 and self.expected_bidirectional_read_data_length is None:
-            # Every read and write: no AHS, and the one struct call.
-            data_length = len(self.data)
-            if data_length > MAX_DATA_SEGMENT_LENGTH:
-                _head(0, 0, 0, 0, 0, data_length)  # raises, saying why
-            return self._S.pack(
-                self.opcode | (_IMMEDIATE if self.immediate else 0),
-                (_FINAL if self.final else 0)
-                | (0x40 if self.read else 0)
-                | (0x20 if self.write else 0)
-                | (self.attribute & 0x07),
-                0, 0, data_length,
-                self.lun, self.initiator_task_tag, self.expected_data_transfer_length,
-                self.cmd_sn, self.exp_stat_sn, cdb,
-            )  # fmt: skip
         if not 1 <= len(cdb) <= 260:
             raise InitiatorProtocolError(f"CDB length {len(cdb)} is not between 1 and 260")
         ahs = b""
-        if len(self.cdb) > 16:
-            extra = self.cdb[16:]
+        if len(cdb) > 16:
+            extra = cdb[16:]
             pad = -len(extra) % 4
             ahs += struct.pack(">HBx", len(extra) + 1, _AHS_TYPE_EXTENDED_CDB) + extra + bytes(pad)
         if self.expected_bidirectional_read_data_length is not None:
             ahs += struct.pack(
                 ">HBxI", 5, _AHS_TYPE_BIDI_READ_LENGTH, self.expected_bidirectional_read_data_length
             )
-        flags = (
-            (_FINAL if self.final else 0)
-            | (0x40 if self.read else 0)
-            | (0x20 if self.write else 0)
-            | (self.attribute & 0x07)
-        )
-        first = self.opcode | (_IMMEDIATE if self.immediate else 0)
-        bhs = self._S.pack(
-            *_head(first, flags, 0, 0, len(ahs), len(self.data)),
-            self.lun, self.initiator_task_tag, self.expected_data_transfer_length,
-            self.cmd_sn, self.exp_stat_sn, self.cdb[:16].ljust(16, b"\0"),
+        return pack_scsi_command(
+            final=self.final, read=self.read, write=self.write, attribute=self.attribute,
+            lun=self.lun, initiator_task_tag=self.initiator_task_tag,
+            expected_data_transfer_length=self.expected_data_transfer_length,
+            cmd_sn=self.cmd_sn, exp_stat_sn=self.exp_stat_sn, cdb=cdb,
+            data_segment_length=len(self.data), immediate=self.immediate, ahs=ahs,
         )  # fmt: skip
-        return bhs + ahs
 
     @classmethod
     def unpack(cls, bhs: Buffer, ahs: Buffer, data: Buffer) -> ScsiCommand:
@@ -298,6 +277,40 @@ class ScsiCommand(Pdu):
             exp_stat_sn=exp_stat_sn, cdb=cdb, expected_bidirectional_read_data_length=bidi,
             data=data,
         )  # fmt: skip
+
+
+_SCSI_COMMAND = struct.Struct(_HEAD + "QIIII16s")
+_SCSI_COMMAND_OPCODE = int(Opcode.SCSI_COMMAND)
+
+
+def pack_scsi_command(
+    *,
+    final: bool,
+    read: bool,
+    write: bool,
+    attribute: int,
+    lun: int,
+    initiator_task_tag: int,
+    expected_data_transfer_length: int,
+    cmd_sn: int,
+    exp_stat_sn: int,
+    cdb: bytes,
+    data_segment_length: int,
+    immediate: bool = False,
+    ahs: bytes = b"",
+) -> bytes:
+    """The BHS (and AHS) of a SCSI Command (11.3), without building a :class:`ScsiCommand`:
+    the connection sends one per READ or WRITE and never looks at it again."""
+    if data_segment_length > MAX_DATA_SEGMENT_LENGTH:
+        _head(0, 0, 0, 0, 0, data_segment_length)  # raises, saying why
+    bhs = _SCSI_COMMAND.pack(
+        _SCSI_COMMAND_OPCODE | (_IMMEDIATE if immediate else 0),
+        (_FINAL if final else 0) | (0x40 if read else 0) | (0x20 if write else 0)
+        | (attribute & 0x07),
+        0, 0, ((len(ahs) // 4) << 24) | data_segment_length,
+        lun, initiator_task_tag, expected_data_transfer_length, cmd_sn, exp_stat_sn, cdb[:16],
+    )  # fmt: skip
+    return bhs + ahs if ahs else bhs
 
 
 @record(kw_only=True)
