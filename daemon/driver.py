@@ -125,6 +125,9 @@ class _Watched:
     rescue: asyncio.Task[None] | None = None  # task management under way
 
 
+_FULL_FEATURE = ConnectionState.FULL_FEATURE  # tested for every command
+
+
 class IscsiConnection(asyncio.Protocol):
     """One logged-in iSCSI connection (and so one session) on the event loop."""
 
@@ -428,7 +431,10 @@ class IscsiConnection(asyncio.Protocol):
         for _ in range(UNIT_ATTENTION_RETRIES):
             if not self._writable.is_set():
                 await self._writable.wait()
-            itt = self._core_ready().send_command(
+            core = self._core
+            if self._error is not None or core is None or core.state is not _FULL_FEATURE:
+                core = self._core_ready()  # raises, saying why
+            itt = core.send_command(
                 cdb,
                 lun=lun_to_field(lun),
                 data_out=data_out,
@@ -451,7 +457,7 @@ class IscsiConnection(asyncio.Protocol):
                     raise
                 finally:
                     self._watched.pop(itt, None)
-            sense = _sense_or_none(event.sense)
+            sense = _sense_or_none(event.sense) if event.sense else None
             result = CommandResult(event.status, sense, event.data, event.residual_count)
             if not (sense is not None and sense.is_unit_attention and sense.is_power_on_reset):
                 return result
