@@ -46,9 +46,10 @@ typecheck: venv
 	$(VENV)/bin/mypy protocol
 	@mkdir -p .typecheck/pyiscsid
 	@for d in protocol daemon client; do ln -sfn $(CURDIR)/$$d .typecheck/pyiscsid/$$d; done
+	@ln -sfn $(CURDIR)/bench .typecheck/bench
 	cd .typecheck && MYPYPATH=$(CURDIR)/.typecheck $(CURDIR)/$(VENV)/bin/mypy \
 	    --config-file $(CURDIR)/pyproject.toml --namespace-packages --explicit-package-bases \
-	    -p pyiscsid.daemon -p pyiscsid.client
+	    -p pyiscsid.daemon -p pyiscsid.client -p bench
 
 unit: venv
 	$(VENV)/bin/pytest -q tests/protocol

@@ -9,6 +9,8 @@ Parts (all by default; --only picks some):
   login      discovery + login + logout: libiscsi tools, the session API, the daemon
   resources  the daemon's CPU seconds per GB and RSS over NBD writes and reads
   idle       200 idle sessions in one daemon: time to log in, RSS, CPU per minute of pings
+  placement  4 KiB reads, 1 in flight, libiscsi and the session API with tgtd and the
+             initiator pinned to two CPUs, then to one
 
 Ratios to libiscsi come from the same run (api and nbd bring libiscsi along). Speed goals
 (issue 6) are judged on them here, never in tests. Progress goes to stderr, the report to
@@ -25,12 +27,12 @@ import sys
 import time
 from types import FrameType
 
-from . import idle, login, resources, throughput
+from . import idle, login, placement, resources, throughput
 from . import report as fmt
 from .rig import DISK, Rig
 from .workloads import WORKLOADS
 
-PARTS = ("libiscsi", "api", "nbd", "login", "resources", "idle")
+PARTS = ("libiscsi", "api", "nbd", "placement", "login", "resources", "idle")
 PATHS = {
     "libiscsi": (throughput.LIBISCSI,),
     "api": (throughput.SESSION_API,),
@@ -117,6 +119,10 @@ def run(args: argparse.Namespace) -> list[str]:
         if paths:
             rows = throughput.run(rig, paths, args.workloads, args.seconds)
             out += ["", *fmt.throughput(rows, args.seconds)]
+        one_in_flight = [w for w in args.workloads if w.in_flight == 1]
+        if "placement" in args.parts and one_in_flight:
+            rows_pinned = placement.run(rig, one_in_flight[0], args.seconds)
+            out += ["", *fmt.placement(rows_pinned, one_in_flight[0])]
         if "login" in args.parts:
             out += ["", *fmt.login(login.run(rig, args.login_rounds), args.login_rounds)]
         if "resources" in args.parts:

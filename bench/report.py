@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from .idle import Idle
 from .login import BASELINE as LOGIN_BASELINE
 from .login import LoginRow
+from .placement import PlacementRow
 from .resources import BLOCK, IN_FLIGHT, Resources
 from .throughput import LIBISCSI, NBD, REFERENCE, SESSION_API, Row
 from .workloads import Run, Workload
@@ -188,4 +189,21 @@ def idle(result: Idle) -> list[str]:
         out.append(f"  login FAILED: {failure}")
     if len(result.failed) > 5:
         out.append(f"  ... and {len(result.failed) - 5} more failed logins")
+    return out
+
+
+def placement(rows: Sequence[PlacementRow], workload: Workload) -> list[str]:
+    if not rows:
+        return ["Placement: skipped (needs 2 CPUs and tgtd's pid)"]
+    out = [
+        f"Placement: {workload.name}, libiscsi and the pyiscsid session API pinned alike",
+        f"{'':{WIDTH}} {'libiscsi us':>11} {'pyiscsid us':>11} {'ratio':>6} {'goal':>10}",
+    ]
+    for row in rows:
+        value = workload.goal.ratio_of(row.pyiscsid, row.libiscsi)
+        mark = "ok" if workload.goal.met(value) else "MISS"
+        out.append(
+            f"  {row.placement:{WIDTH - 2}} {row.libiscsi.latency_us:11.1f}"
+            f" {row.pyiscsid.latency_us:11.1f} {value:5.2f}x {workload.goal.describe()} {mark}"
+        )
     return out
