@@ -23,7 +23,8 @@ from .config import DaemonConfig
 from .control import InvalidRequest, NoRecords, Peer, SessionExists, SessionNotFound, error_for
 from .driver import discover
 from .firmware import Chap, Firmware, FirmwareTarget, Nic, read_ibft
-from .nbd import LunExport, NbdServer
+from .nbd import NbdServer
+from .nbd_export import LunExport
 from .nodedb import NodeDB, NodeExists, NodeRecord
 from .recovery import SessionState
 from .session import Session

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 import structlog
 from pyiscsid.daemon import nbd_protocol as wire
-from pyiscsid.daemon.nbd import NbdClientInfo, NbdIOError, NbdServer
+from pyiscsid.daemon.nbd import NbdClientInfo, NbdServer
+from pyiscsid.daemon.nbd_export import NbdIOError
 from pyiscsid.daemon.nbd_protocol import Command, Option, Reply, ReplyFlag, ReplyType
 from pyiscsid.daemon.nbd_protocol import TransmissionFlag as TF
 from pyiscsid.protocol.errors import ISCSIError

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 from pyiscsid.daemon.localtarget import free_tcp_port
-from pyiscsid.daemon.nbd import LunExport, NbdServer
+from pyiscsid.daemon.nbd import NbdServer
+from pyiscsid.daemon.nbd_export import LunExport
 from pyiscsid.daemon.session import Session
 from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.discovery import parse_portal
