@@ -97,6 +97,7 @@ CODE_TO_EXIT: dict[str, int] = {
     "fatal_login": ExitCode.FATAL_LOGIN,
     "no_records": ExitCode.NO_OBJS_FOUND,
     "auth_failed": ExitCode.LOGIN_AUTH_FAILED,
+    "busy": ExitCode.BUSY,
 }
 
 

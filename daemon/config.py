@@ -70,6 +70,7 @@ class DaemonConfig:
     control_group: str | None = None
     log_level: str = settings.SETTINGS["log.level"].default
     shutdown_timeout: float = float(settings.SETTINGS["daemon.shutdown_timeout"].default)
+    safe_logout: bool = False
     ibft_path: Path = Path(settings.SETTINGS["firmware.ibft_path"].default)
     mountinfo_path: Path = Path(settings.SETTINGS["rootdisk.mountinfo_path"].default)
     sysfs_path: Path = Path(settings.SETTINGS["rootdisk.sysfs_path"].default)
@@ -97,6 +98,7 @@ def load_config(path: Path = DEFAULT_CONFIG_PATH) -> DaemonConfig:
         control_group=daemon["control.group"] or None,
         log_level=daemon["log.level"],
         shutdown_timeout=float(daemon["daemon.shutdown_timeout"]),
+        safe_logout=daemon["iscsid.safe_logout"] == "Yes",
         ibft_path=_path(daemon, "firmware.ibft_path"),
         mountinfo_path=_path(daemon, "rootdisk.mountinfo_path"),
         sysfs_path=_path(daemon, "rootdisk.sysfs_path"),

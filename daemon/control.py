@@ -74,6 +74,7 @@ EXIT_CODES: Mapping[str, int] = {
     "fatal_login": 19,
     "no_records": 21,
     "auth_failed": 24,
+    "busy": 28,
 }
 """The README's stable error codes and the iscsiadm exit code each maps to."""
 
@@ -131,6 +132,13 @@ class SessionExists(ControlError):
 class NoRecords(ControlError):
     code = "no_records"
     exit = 21
+
+
+class Busy(ControlError):
+    """The session's disk is in use (it holds /, or iscsid.safe_logout protects it)."""
+
+    code = "busy"
+    exit = 28
 
 
 class LogoutFailed(ControlError):

@@ -371,6 +371,8 @@ _TABLE: tuple[Setting, ...] = (
           "(root always may); empty for root only", check=_group),
     _choice("log.level", "info", ("debug", "info", "warning", "error"),
             "least important log events written"),
+    _yes_no("iscsid.safe_logout", "No",
+            "refuse to log out of a session whose disk an NBD client is using"),
     _number("daemon.shutdown_timeout", 15, 1, 3600,
             "seconds to log out of every session at SIGTERM before giving up"),
     Setting("firmware.ibft_path", Kind.TEXT, "/sys/firmware/ibft",
@@ -392,7 +394,6 @@ DAEMON_KEYS: tuple[str, ...] = tuple(s.key for s in _TABLE if s.scope is Scope.D
 OPEN_ISCSI_UNUSED: frozenset[str] = frozenset(
     {
         "iscsid.startup",
-        "iscsid.safe_logout",
         "iscsid.ipc_auth_uid",
         "node.session.nr_sessions",
         "node.session.xmit_thread_priority",

@@ -20,7 +20,15 @@ from pyiscsid.protocol.errors import ISCSIError
 
 from . import settings
 from .config import DaemonConfig
-from .control import InvalidRequest, NoRecords, Peer, SessionExists, SessionNotFound, error_for
+from .control import (
+    Busy,
+    InvalidRequest,
+    NoRecords,
+    Peer,
+    SessionExists,
+    SessionNotFound,
+    error_for,
+)
 from .driver import discover
 from .firmware import Chap, Firmware, FirmwareTarget, Nic, read_ibft
 from .nbd import NbdServer
@@ -28,6 +36,7 @@ from .nbd_export import LunExport
 from .nodedb import NodeDB, NodeExists, NodeRecord
 from .recovery import SessionState
 from .session import Session
+from .shutdown import ONBOOT, root_sessions
 
 try:
     VERSION = importlib.metadata.version("pyiscsid")
@@ -271,6 +280,10 @@ class Supervisor:
         records = self._records(args)
         count = self.nodedb.update(records, args["key"], args["value"])
         self.log.info("node updated", key=args["key"], nodes=count)  # never the value
+        if args["key"] == "node.startup":  # a session follows its record: logout, shutdown
+            for record in records:
+                if (session := self._session_for(record)) is not None:
+                    session.startup = settings.validate("node.startup", args["value"])
         return {"updated": count}
 
     async def _node_delete(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
@@ -428,13 +441,43 @@ class Supervisor:
             self.nbd.remove(name)
         session.exports.clear()
 
-    async def _logout(self, sessions: Iterable[Session]) -> list[dict[str, Any]]:
+    def _in_use(self, sessions: Iterable[Session]) -> dict[int, str]:
+        """The sessions a logout request must not touch, by SID, with the reason: the one
+        whose disk holds ``/`` (logging out of it hangs the system), and with
+        ``iscsid.safe_logout = Yes`` every one whose disk an NBD client is using."""
+        sessions = list(sessions)
+        clients = self.nbd.clients() if self.nbd is not None else []
+        busy = {
+            s.sid: "its disk holds the root file system"
+            for s in root_sessions(sessions, clients, self.config, self.log)
+        }
+        if self.config.safe_logout:
+            used = {client.export for client in clients if client.export is not None}
+            for session in sessions:
+                if session.sid not in busy and used & set(session.exports.values()):
+                    busy[session.sid] = "an NBD client is using its disk (iscsid.safe_logout = Yes)"
+        return busy
+
+    async def _logout(
+        self, sessions: Iterable[Session], busy: Mapping[int, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Log out of ``sessions`` at once; those in ``busy`` (SID to reason) are refused."""
+        busy = busy or {}
+
         async def one(session: Session) -> dict[str, Any]:
             entry: dict[str, Any] = {
                 "sid": session.sid,
                 "target": session.target,
                 "portal": session.portal.address_port,
             }
+            if session.sid in busy:
+                refusal = Busy(f"session {session.sid} not logged out: {busy[session.sid]}")
+                entry.update(ok=False, error=refusal.to_json())
+                self.log.warning(
+                    "logout refused", ISCSI_TARGET=session.target, ISCSI_SID=session.sid,
+                    reason=busy[session.sid],
+                )  # fmt: skip
+                return entry
             self._unexport(session)
             try:
                 await session.logout()
@@ -455,7 +498,15 @@ class Supervisor:
         if args.get("all") is not None:
             if args["all"] != "all":
                 raise InvalidRequest(f"all={args['all']!r}: expected 'all'")
-            sessions = list(self.sessions.values())
+            # As iscsiadm's --logoutall: never an onboot session, nor (ours) one in use.
+            skipped = {s.sid: ONBOOT for s in self.sessions.values() if s.startup == "onboot"}
+            skipped |= self._in_use(self.sessions.values())
+            for sid, reason in skipped.items():
+                session = self.sessions[sid]
+                self.log.info(
+                    "left logged in", ISCSI_TARGET=session.target, ISCSI_SID=sid, reason=reason
+                )
+            sessions = [s for s in self.sessions.values() if s.sid not in skipped]
         else:
             wanted = {(r.target, r.portal) for r in self._records(args)}
             if wanted & self._busy:
@@ -465,7 +516,7 @@ class Supervisor:
             ]
         if not sessions:
             raise NoRecords("no matching sessions found")
-        return {"logouts": await self._logout(sessions)}
+        return {"logouts": await self._logout(sessions, self._in_use(sessions))}
 
     async def _session_list(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"sessions": [s.summary() for s in self._sorted_sessions()]}
@@ -488,7 +539,8 @@ class Supervisor:
         return {"sessions": [s.details() for s in sessions]}
 
     async def _session_logout(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
-        return {"logouts": await self._logout([self._session_by_sid(args)])}
+        session = self._session_by_sid(args)
+        return {"logouts": await self._logout([session], self._in_use([session]))}
 
     # ------------------------------------------------------------- firmware (iBFT)
 

@@ -27,6 +27,8 @@ from pyiscsid.client.main import execute, render, run
 from pyiscsid.client.session_info import human_size, session_tree
 from pyiscsid.client.transport import MAX_REPLY_BYTES, call
 
+from tests.readme import error_codes
+
 IQN1 = "iqn.2026-11.org.example:disk1"
 IQN2 = "iqn.2026-11.org.example:disk2"
 PORTAL = "127.0.0.1:3260"
@@ -677,21 +679,8 @@ def test_other_error_replies_print_the_daemons_message() -> None:
 
 
 def test_exit_code_mapping_follows_the_readme() -> None:
-    assert CODE_TO_EXIT == {
-        "error": 1,
-        "session_not_found": 2,
-        "transport": 4,
-        "login_failed": 5,
-        "database": 6,
-        "invalid": 7,
-        "timeout": 8,
-        "logout_failed": 10,
-        "access_denied": 13,
-        "session_exists": 15,
-        "fatal_login": 19,
-        "no_records": 21,
-        "auth_failed": 24,
-    }
+    assert {code: int(exit_code) for code, exit_code in CODE_TO_EXIT.items()} == error_codes()
+    assert CODE_TO_EXIT["busy"] == 28  # "device or resource in use", as iscsiadm
 
 
 def test_exit_for() -> None:

@@ -1,4 +1,6 @@
-"""At shutdown the daemon never logs out of, nor stops serving, the disk that holds /.
+"""The daemon never logs out of, nor stops serving, the disk that holds /: not at shutdown,
+not on request; nor, with iscsid.safe_logout, any disk an NBD client is using; and
+``-U all`` leaves onboot sessions alone, as iscsiadm's --logoutall does.
 
 Real parts: the pyiscsid daemon process, a tgtd with two targets, and qemu-io holding one
 export open on the daemon's NBD socket. What cannot be real here is a kernel NBD device
@@ -149,3 +151,89 @@ async def test_with_root_elsewhere_every_session_is_logged_out_and_clients_dropp
     assert daemon.events("staying up to serve disks in use") == []
     assert await asyncio.to_thread(tgt.sessions) == []
     assert os.path.exists(tgt.backing)
+
+
+async def test_an_explicit_logout_of_the_root_disk_is_refused_with_busy(
+    tgt: TgtDisk, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    config, pid_file = fake_root(tmp_path)
+    daemon = await two_sessions(tgt, daemons, tmp_path / "daemon", config)
+    io = await QemuIo.open(f"nbd+unix:///{tgt.iqn}/{tgt.lun}?socket={daemon.nbd_socket}")
+    try:
+        pid_file.write_text(f"{io.process.pid}\n")
+        portal = tgt.portal
+        refused = await asyncio.to_thread(
+            daemon.client, "-m", "node", "-T", tgt.iqn, "-p", portal, "--logout"
+        )
+        assert refused.returncode == 28, refused.stdout + refused.stderr
+        assert "initiator reported error (28 - device or resource in use)" in refused.stderr
+        assert "its disk holds the root file system" in refused.stderr
+        # -U all logs out the other session and leaves the root one, with exit 0.
+        done = await asyncio.to_thread(daemon.client, "-m", "node", "-U", "all")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert OTHER_IQN in done.stdout and tgt.iqn not in done.stdout
+        assert "wrote 4096/4096" in await io.command("write -P 0x77 0 4k")
+        assert len(await asyncio.to_thread(tgt.sessions)) == 1
+        assert await asyncio.to_thread(tgt.target.sessions, OTHER_TID) == []
+    finally:
+        await io.close()
+    # Once nothing holds / on it any more, the same request logs out.
+    pid_file.write_text("0\n")
+    done = await asyncio.to_thread(
+        daemon.client, "-m", "node", "-T", tgt.iqn, "-p", tgt.portal, "--logout"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert await asyncio.to_thread(tgt.sessions) == []
+
+
+async def test_safe_logout_refuses_a_disk_in_use_until_its_client_goes(
+    tgt: TgtDisk, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    config, _ = fake_root(tmp_path, root_device="8:0")  # / is elsewhere
+    daemon = await two_sessions(
+        tgt, daemons, tmp_path / "daemon", config + "iscsid.safe_logout = Yes\n"
+    )
+    io = await QemuIo.open(f"nbd+unix:///{tgt.iqn}/{tgt.lun}?socket={daemon.nbd_socket}")
+    try:
+        sid = next(
+            s["sid"]
+            for s in (await asyncio.to_thread(daemon.request, "session.list"))["result"]["sessions"]
+            if s["target"] == tgt.iqn
+        )
+        refused = await asyncio.to_thread(daemon.client, "-m", "session", "-r", str(sid), "-u")
+        assert refused.returncode == 28, refused.stdout + refused.stderr
+        assert "iscsid.safe_logout = Yes" in refused.stderr
+        assert "wrote 4096/4096" in await io.command("write -P 0x78 0 4k")
+    finally:
+        await io.close()
+    # The daemon sees the client go a moment after qemu-io exits: retry until it does.
+    async with asyncio.timeout(WAIT):
+        while True:
+            done = await asyncio.to_thread(daemon.client, "-m", "session", "-r", str(sid), "-u")
+            if done.returncode != 28:
+                break
+            await asyncio.sleep(0.05)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_logout_all_leaves_onboot_sessions_as_iscsiadm_does(
+    tgt: TgtDisk, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    config, _ = fake_root(tmp_path, root_device="8:0")
+    daemon = await two_sessions(tgt, daemons, tmp_path / "daemon", config)
+    update = await asyncio.to_thread(
+        daemon.client, "-m", "node", "-T", tgt.iqn, "-p", tgt.portal,
+        "-o", "update", "-n", "node.startup", "-v", "onboot",
+    )  # fmt: skip
+    assert update.returncode == 0, update.stdout + update.stderr
+    done = await asyncio.to_thread(daemon.client, "-m", "node", "-U", "all")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert OTHER_IQN in done.stdout and tgt.iqn not in done.stdout
+    assert len(await asyncio.to_thread(tgt.sessions)) == 1
+    (left,) = daemon.events("left logged in")
+    assert left["reason"] == "node.startup is onboot"
+    # Asked for by name, an onboot session does log out.
+    done = await asyncio.to_thread(
+        daemon.client, "-m", "node", "-T", tgt.iqn, "-p", tgt.portal, "--logout"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
