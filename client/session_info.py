@@ -140,7 +140,7 @@ def _negotiated(output: Output, session: Mapping[str, Any]) -> None:
             output.out(f"{_IN}{key}: {text(parameters[key])}")
 
 
-def _devices(output: Output, session: Mapping[str, Any]) -> None:
+def _devices(output: Output, session: Mapping[str, Any], nbd_socket: str) -> None:
     _banner(output, "Attached SCSI devices:", 24)
     for lun in session.get("luns") or []:
         if not isinstance(lun, dict):
@@ -159,7 +159,7 @@ def _devices(output: Output, session: Mapping[str, Any]) -> None:
         if lun.get("export"):
             output.out(f"{_IN}\tNBD export: {lun['export']}")
             output.out(
-                f"{_IN}\tAttach: nbd-client -unix {NBD_SOCKET} -N '{lun['export']}' /dev/nbdN"
+                f"{_IN}\tAttach: nbd-client -unix {nbd_socket} -N '{lun['export']}' /dev/nbdN"
             )
 
 
@@ -175,6 +175,9 @@ def session_tree(result: Mapping[str, Any], level: int) -> Output:
     if not sessions:
         none_found(output, NO_SESSIONS)
         return output
+    nbd_socket = result.get("nbd_socket")
+    if not isinstance(nbd_socket, str) or not nbd_socket:
+        nbd_socket = NBD_SOCKET  # a daemon that does not say: its default
     if level >= 3 and isinstance(result.get("version"), str):
         output.out(f"version {result['version']}")
     # Same target together, same portal together, in the order the daemon listed them.
@@ -202,11 +205,11 @@ def session_tree(result: Mapping[str, Any], level: int) -> Output:
                     _chap(output, session)
                     _negotiated(output, session)
                 if level >= 3:
-                    _devices(output, session)
+                    _devices(output, session, nbd_socket)
     return output
 
 
-# Where pyiscsid serves the LUNs by default (pyiscsid --nbd-socket).
+# Where pyiscsid serves the LUNs by default (pyiscsid --nbd-socket); session.show says where.
 NBD_SOCKET = "/run/pyiscsid/nbd.sock"
 
 # pyiscsid's own counters, printed after iscsiadm's two blocks.

@@ -453,6 +453,11 @@ class NbdServer:
         catch a transfer in the middle)."""
         return sum(len(client.requests) for client in self._clients.values())
 
+    @property
+    def unix_path(self) -> str | None:
+        """The Unix socket clients reach us on (``--nbd-socket``), once listening."""
+        return self._paths[0] if self._paths else None
+
     def clients(self) -> list[NbdClientInfo]:
         """Every connected client, in the order they connected: the peer's pid and uid
         (Unix socket only) and the export it opened. A client is listed from its

@@ -536,7 +536,10 @@ class Supervisor:
             sessions = [self._session_by_sid(args)]
         else:
             sessions = self._sorted_sessions()
-        return {"sessions": [s.details() for s in sessions]}
+        result: dict[str, Any] = {"sessions": [s.details() for s in sessions]}
+        if self.nbd is not None and self.nbd.unix_path is not None:
+            result["nbd_socket"] = self.nbd.unix_path  # for the nbd-client line of -P 3
+        return result
 
     async def _session_logout(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         session = self._session_by_sid(args)

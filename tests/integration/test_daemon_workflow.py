@@ -92,6 +92,7 @@ def test_discover_configure_login_show_logout_delete(two_targets: TgtDisk, daemo
     assert "iSCSI Connection State: LOGGED IN" in text
     assert f"username: {USER}" in text and SECRET not in text
     assert "Attached SCSI devices:" in text
+    assert f"Attach: nbd-client -unix {daemon.nbd_socket} -N '{tgt.iqn}/1' /dev/nbdN" in text
     assert "VIRTUAL-DISK" in text  # tgt's product name for a file-backed LUN
     assert "64 MiB" in text or "67108864" in text
 
