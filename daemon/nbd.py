@@ -35,6 +35,7 @@ log = structlog.get_logger("pyiscsid.nbd")
 
 MAX_IN_FLIGHT = 64  # requests per client; the reader stops reading beyond this
 READ_CHUNK = 256 * 1024  # bytes read from a client at once
+DRAIN_TIMEOUT = 10.0  # seconds a leaving client gets to take its last replies
 BASE_ALLOCATION_ID = 1  # our id for base:allocation in NBD_REP_META_CONTEXT and block status
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _WRITING = frozenset({Command.WRITE, Command.WRITE_ZEROES, Command.TRIM})
@@ -303,7 +304,8 @@ class _Client:
                         start = used + header.size
                         if len(pending) - start < length:
                             break  # the rest of the payload is still on its way
-                        payload = memoryview(bytes(pending[start : start + length]))
+                        with memoryview(pending) as view:  # one copy, out of the buffer
+                            payload = memoryview(bytes(view[start : start + length]))
                         used = start + length
                     else:
                         used += header.size
@@ -334,8 +336,9 @@ class _Client:
             if self.requests:
                 await asyncio.gather(*self.requests, return_exceptions=True)
             self._flush_replies()
-            with contextlib.suppress(ConnectionError):
-                await self.writer.drain()
+            with contextlib.suppress(ConnectionError, TimeoutError):
+                async with asyncio.timeout(DRAIN_TIMEOUT):  # a client that stopped reading
+                    await self.writer.drain()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.requests.discard(task)
@@ -471,7 +474,10 @@ class NbdServer:
         export = self.exports.pop(name, None)
         for client in self._clients.values():
             if export is not None and client.export is export:
-                client.reader.feed_eof()  # the reader stops; in-flight requests still reply
+                # The reader stops; in-flight requests still reply. Reading is paused first:
+                # bytes arriving after feed_eof() would make the StreamReader assert.
+                client.writer.transport.pause_reading()
+                client.reader.feed_eof()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         client = _Client(self, reader, writer)
@@ -480,6 +486,8 @@ class NbdServer:
         self._clients[task] = client
         try:
             await client.run()
+        except asyncio.CancelledError:
+            pass  # close() dropped the client; asyncio 3.11 would log the cancellation
         finally:
             del self._clients[task]
             self._left.set()
@@ -549,6 +557,9 @@ class NbdServer:
         for task, client in leaving.items():
             for request in list(client.requests):
                 request.cancel()
+            # abort, not close: a client that does not read its replies must not hold the
+            # daemon's shutdown on a drain that never ends.
+            client.writer.transport.abort()
             task.cancel()
         await asyncio.gather(*leaving, return_exceptions=True)
         if kept:

@@ -7,6 +7,7 @@ the export opened) with real client processes, root and not."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pwd
@@ -51,6 +52,7 @@ class MemoryExport:
     bad: set[int] = field(default_factory=set)
     flush_fails: bool = False
     flushes: int = 0
+    reads: int = 0
     data: bytearray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +65,7 @@ class MemoryExport:
 
     async def read(self, offset: int, length: int) -> bytes:
         self._fail_inside("READ", offset, length)
+        self.reads += 1
         return bytes(self.data[offset : offset + length])
 
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
@@ -603,3 +606,55 @@ async def test_close_keeping_one_export_serves_it_until_its_client_lets_go(
     assert served.server.exports_in_use() == set()
     await served.server.close()
     assert not served.socket.exists()
+
+
+# ------------------------------------------------------------------ clients that misbehave
+
+
+async def test_close_does_not_wait_for_a_client_that_stopped_reading(public_dir: Path) -> None:
+    """Big reads whose replies the client never takes fill the socket; close() must still
+    finish (it aborts that client) instead of waiting on a drain that never ends."""
+    disk = MemoryExport(DISK, size=16 * 1024 * KiB, max_transfer=16 * 1024 * KiB)
+    server = NbdServer({DISK: disk})
+    await server.start_unix(public_dir / "big.sock")
+    raw = await RawClient.connect(public_dir / "big.sock")
+    try:
+        await raw.go()
+        raw.writer.transport.pause_reading()  # from here on the client reads nothing
+        for cookie in range(4):
+            raw.request(Command.READ, 0, disk.size, cookie)  # 64 MiB of replies
+        await raw.writer.drain()
+        async with asyncio.timeout(30):
+            while disk.reads < 4 or server.in_flight:
+                await asyncio.sleep(0.01)  # until every read was answered
+        async with asyncio.timeout(30):
+            await server.close()
+        assert server.clients() == []
+    finally:
+        raw.writer.transport.abort()
+        await server.close()
+
+
+async def test_a_removed_export_stops_reading_yet_answers_what_it_took(
+    served: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    """remove() ends the client's request stream: bytes it keeps sending are not read (they
+    made asyncio's StreamReader assert "feed_data after feed_eof" and abort the transport,
+    losing replies), a request taken before still replies, and the server hangs up."""
+    client = await RawClient.connect(served.socket)
+    await client.go()
+    client.request(Command.WRITE, 0, 4 * KiB, 1, b"\x5a" * 4 * KiB)
+    assert await client.simple_reply(1) == (0, b"")
+    served.server.remove(DISK)
+    for cookie in range(2, 40):  # keeps talking after the export went
+        client.request(Command.READ, 0, 4 * KiB, cookie)
+        with contextlib.suppress(ConnectionError):
+            await client.writer.drain()
+    async with asyncio.timeout(30):
+        with contextlib.suppress(ConnectionResetError):
+            await client.reader.read()  # to EOF or the reset
+        while served.server.clients():
+            await asyncio.sleep(0.01)  # the server side is gone too
+    assert served.disk.data[: 4 * KiB] == b"\x5a" * 4 * KiB
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelname == "ERROR"]
+    client.writer.close()
