@@ -21,7 +21,7 @@ import socket
 import struct
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from pyiscsid.protocol.errors import ISCSIError
@@ -476,7 +476,7 @@ class NbdServer:
             if export is not None and client.export is export:
                 # The reader stops; in-flight requests still reply. Reading is paused first:
                 # bytes arriving after feed_eof() would make the StreamReader assert.
-                client.writer.transport.pause_reading()
+                cast(asyncio.Transport, client.writer.transport).pause_reading()
                 client.reader.feed_eof()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

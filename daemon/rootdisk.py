@@ -10,7 +10,9 @@ device, which :meth:`NbdServer.clients` matches with the peers of our NBD connec
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +48,8 @@ class Mount:
 def parse_mountinfo(text: str, where: str = str(MOUNTINFO)) -> list[Mount]:
     """The mounts listed, in order; a line without its fields is an error that names it."""
     mounts = []
-    for number, line in enumerate(text.splitlines(), 1):
+    # "\n" only: splitlines() would also cut at U+2028 or U+0085 inside a mount point.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         fields = line.split(" ")
@@ -60,11 +63,13 @@ def parse_mountinfo(text: str, where: str = str(MOUNTINFO)) -> list[Mount]:
     return mounts
 
 
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
 def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040...)."""
-    if "\\" not in field:
-        return field
-    return field.encode("latin-1").decode("unicode_escape")
+    """mountinfo writes space, tab, newline and backslash as octal escapes (\\040...); the
+    rest of the field, any script at all, is left as it is."""
+    return _OCTAL.sub(lambda match: chr(int(match[1], 8)), field) if "\\" in field else field
 
 
 def mount_of(mounts: list[Mount], mount_point: str) -> Mount | None:
@@ -97,6 +102,13 @@ def _device_dir(sysfs: Path, mount: Mount) -> Path | None:
         by_name = sysfs / "class" / "block" / name
         if by_name.exists():
             return Path(os.path.realpath(by_name))
+        # /dev/mapper/NAME where /dev is private (the unit's PrivateDevices=): sysfs knows
+        # each device-mapper device's NAME.
+        for mapped in sorted((sysfs / "class" / "block").glob("dm-*")):
+            with contextlib.suppress(OSError):
+                if (mapped / "dm" / "name").read_text().strip() == name:
+                    return Path(os.path.realpath(mapped))
+        raise RootDiskError(f"{mount.source} (under {mount.mount_point}) is not in {sysfs}")
     return None
 
 

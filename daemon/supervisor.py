@@ -447,10 +447,7 @@ class Supervisor:
         ``iscsid.safe_logout = Yes`` every one whose disk an NBD client is using."""
         sessions = list(sessions)
         clients = self.nbd.clients() if self.nbd is not None else []
-        busy = {
-            s.sid: "its disk holds the root file system"
-            for s in root_sessions(sessions, clients, self.config, self.log)
-        }
+        busy = root_sessions(sessions, clients, self.config, self.log)
         if self.config.safe_logout:
             used = {client.export for client in clients if client.export is not None}
             for session in sessions:

@@ -177,3 +177,45 @@ def test_spare_from_final_kill_makes_argv0_start_with_at() -> None:
     )
     assert done.stdout.startswith("@")
     assert done.stdout.strip()[1:] == sys.executable[1:]
+
+
+def test_mount_points_in_any_script_with_escapes_do_not_break_the_table(tmp_path: Path) -> None:
+    """A USB stick at "/media/ivan/Новый том" (space escaped, Cyrillic not), and a name with
+    U+2028, which splitlines() would have cut the line at."""
+    new, volume = "\u041d\u043e\u0432\u044b\u0439", "\u0442\u043e\u043c"  # Новый том
+    lines = [
+        f"40 29 8:17 / /media/ivan/{new}\\040{volume} rw - vfat /dev/sdb1 rw",
+        "41 29 8:18 / /media/€\u2028x rw - vfat /dev/sdb2 rw",
+        "29 1 8:1 / / rw - ext4 /dev/sda1 rw",
+    ]
+    mounts = parse_mountinfo("\n".join(lines))
+    assert [m.mount_point for m in mounts] == [
+        f"/media/ivan/{new} {volume}",
+        "/media/€\u2028x",
+        "/",
+    ]
+    sysfs = Sysfs(tmp_path / "sys")
+    sysfs.partition(sysfs.disk("sda", "8:0", parent=SCSI), "sda1", "8:1")
+    info = mountinfo(tmp_path / "mountinfo", *lines)
+    assert nbd_devices_holding(mountinfo=info, sysfs=sysfs.root) == []
+
+
+def test_btrfs_on_device_mapper_is_found_by_its_name_when_dev_is_private(tmp_path: Path) -> None:
+    """btrfs reports device 0:N, and under PrivateDevices=yes /dev/mapper/NAME does not
+    exist: sysfs's dm/name still leads to the device, then down to the NBD disk."""
+    sysfs = Sysfs(tmp_path / "sys")
+    nbd0 = sysfs.disk("nbd0", "43:0", pid=99)
+    crypt = sysfs.mapped("dm-0", "254:0", sysfs.partition(nbd0, "nbd0p2", "43:2"))
+    (crypt / "dm").mkdir()
+    (crypt / "dm" / "name").write_text("luks-root\n")
+    info = mountinfo(tmp_path / "mountinfo", root_line("0:34", "/dev/mapper/luks-root", "btrfs"))
+    assert nbd_devices_holding(mountinfo=info, sysfs=sysfs.root) == [NbdDevice("nbd0", 99)]
+
+
+def test_a_source_device_that_cannot_be_found_is_an_error_not_a_local_disk(
+    tmp_path: Path,
+) -> None:
+    """Saying "not on NBD" for a device we could not find would log out the root disk."""
+    info = mountinfo(tmp_path / "mountinfo", root_line("0:34", "/dev/mapper/gone", "btrfs"))
+    with pytest.raises(RootDiskError, match=r"/dev/mapper/gone .* is not in"):
+        nbd_devices_holding(mountinfo=info, sysfs=Sysfs(tmp_path / "sys").root)
