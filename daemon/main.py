@@ -40,7 +40,6 @@ DEFAULT_CONFIG = "/etc/pyiscsid/pyiscsid.conf"
 DEFAULT_INITIATOR_NAME = "/etc/pyiscsid/initiatorname.iscsi"
 DEFAULT_STATE_DIR = "/var/lib/pyiscsid"
 DEFAULT_NBD_SOCKET = "/run/pyiscsid/nbd.sock"
-SHUTDOWN_TIMEOUT = 30.0
 STATUS_INTERVAL = 2.0  # seconds between checks of the STATUS= line
 
 
@@ -192,10 +191,12 @@ async def _stop(supervisor: Supervisor, nbd: NbdServer, notifier: Notifier, log:
     # The other disks' NBD clients go first: nothing may reach a session being logged out.
     await nbd.close(keep=kept)
     try:
-        async with asyncio.timeout(SHUTDOWN_TIMEOUT):
+        async with asyncio.timeout(supervisor.config.shutdown_timeout):
             await supervisor.shutdown(keep)
     except TimeoutError:
-        log.error("logout did not finish in time", timeout=SHUTDOWN_TIMEOUT)
+        log.error(
+            "logout did not finish in time", timeout=supervisor.config.shutdown_timeout
+        )  # daemon.shutdown_timeout
     in_use = nbd.exports_in_use() & kept
     if in_use:
         spared = spare_from_final_kill()

@@ -260,6 +260,8 @@ class Connection:
         """
         if self.state is not _FULL_FEATURE:
             self._require(ConnectionState.FULL_FEATURE, "send a SCSI command")
+        if not 1 <= len(cdb) <= 260:  # refused here, not when the window opens
+            raise InitiatorProtocolError(f"CDB length {len(cdb)} is not between 1 and 260")
         if read_buffer is not None:
             read_length = len(read_buffer)
         elif read_length:

@@ -241,24 +241,13 @@ class ScsiCommand(Pdu):
     expected_bidirectional_read_data_length: int | None = None
 
     def pack_bhs(self) -> bytes:
-        cdb = self.cdb
-        if not 1 <= len(cdb) <= 260:
-            raise InitiatorProtocolError(f"CDB length {len(cdb)} is not between 1 and 260")
-        ahs = b""
-        if len(cdb) > 16:
-            extra = cdb[16:]
-            pad = -len(extra) % 4
-            ahs += struct.pack(">HBx", len(extra) + 1, _AHS_TYPE_EXTENDED_CDB) + extra + bytes(pad)
-        if self.expected_bidirectional_read_data_length is not None:
-            ahs += struct.pack(
-                ">HBxI", 5, _AHS_TYPE_BIDI_READ_LENGTH, self.expected_bidirectional_read_data_length
-            )
         return pack_scsi_command(
             final=self.final, read=self.read, write=self.write, attribute=self.attribute,
             lun=self.lun, initiator_task_tag=self.initiator_task_tag,
             expected_data_transfer_length=self.expected_data_transfer_length,
-            cmd_sn=self.cmd_sn, exp_stat_sn=self.exp_stat_sn, cdb=cdb,
-            data_segment_length=len(self.data), immediate=self.immediate, ahs=ahs,
+            cmd_sn=self.cmd_sn, exp_stat_sn=self.exp_stat_sn, cdb=self.cdb,
+            data_segment_length=len(self.data), immediate=self.immediate,
+            expected_bidirectional_read_data_length=self.expected_bidirectional_read_data_length,
         )  # fmt: skip
 
     @classmethod
@@ -297,12 +286,24 @@ def pack_scsi_command(
     cdb: bytes,
     data_segment_length: int,
     immediate: bool = False,
-    ahs: bytes = b"",
+    expected_bidirectional_read_data_length: int | None = None,
 ) -> bytes:
-    """The BHS (and AHS) of a SCSI Command (11.3), without building a :class:`ScsiCommand`:
-    the connection sends one per READ or WRITE and never looks at it again."""
+    """The BHS and AHS of a SCSI Command (11.3), without building a :class:`ScsiCommand`:
+    the connection sends one per READ or WRITE and never looks at it again. A CDB over 16
+    bytes continues in an Extended CDB AHS (11.2.2.3)."""
+    if not 1 <= len(cdb) <= 260:
+        raise InitiatorProtocolError(f"CDB length {len(cdb)} is not between 1 and 260")
     if data_segment_length > MAX_DATA_SEGMENT_LENGTH:
         _head(0, 0, 0, 0, 0, data_segment_length)  # raises, saying why
+    ahs = b""
+    if len(cdb) > 16:
+        extra = cdb[16:]
+        pad = -len(extra) % 4
+        ahs += struct.pack(">HBx", len(extra) + 1, _AHS_TYPE_EXTENDED_CDB) + extra + bytes(pad)
+    if expected_bidirectional_read_data_length is not None:
+        ahs += struct.pack(
+            ">HBxI", 5, _AHS_TYPE_BIDI_READ_LENGTH, expected_bidirectional_read_data_length
+        )
     bhs = _SCSI_COMMAND.pack(
         _SCSI_COMMAND_OPCODE | (_IMMEDIATE if immediate else 0),
         (_FINAL if final else 0) | (0x40 if read else 0) | (0x20 if write else 0)

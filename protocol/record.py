@@ -31,6 +31,7 @@ def record(
     """``@dataclass(frozen=True, slots=True)`` for the type checker, without the cost."""
 
     def wrap(cls: type[_T]) -> type[_T]:
-        return dataclass(slots=True, kw_only=kw_only)(cls)
+        # unsafe_hash: hashable by value, as the frozen dataclass mypy sees would be
+        return dataclass(slots=True, kw_only=kw_only, unsafe_hash=True)(cls)
 
     return wrap if cls is None else wrap(cls)

@@ -1106,3 +1106,21 @@ def test_data_in_that_skips_an_offset_is_a_protocol_error() -> None:
     with pytest.raises(TargetProtocolError, match="offset 512"):
         target.send(target.data_in(itt, bytes(512), offset=512, data_sn=1))
     assert conn.state is ConnectionState.FAILED
+
+
+@pytest.mark.parametrize("length", [17, 32, 260])
+def test_a_long_cdb_goes_out_whole_in_an_extended_cdb_ahs(length: int) -> None:
+    conn, target = logged_in()
+    cdb = bytes([0x7F]) + bytes(i & 0xFF for i in range(1, length))  # variable-length CDB
+    itt = conn.send_command(cdb, lun=1, read_length=512)
+    command = target.receive_one(ScsiCommand)
+    assert command.cdb == cdb  # the AHS carried the bytes past 16, none lost or added
+    assert command.initiator_task_tag == itt
+
+
+@pytest.mark.parametrize("length", [0, 261])
+def test_a_cdb_that_cannot_be_sent_is_refused_at_once(length: int) -> None:
+    conn, target = logged_in()
+    with pytest.raises(InitiatorProtocolError, match=f"CDB length {length} is not between"):
+        conn.send_command(bytes(length), lun=1)
+    assert target.receive() == [] and conn.outstanding == 0
