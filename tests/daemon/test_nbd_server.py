@@ -27,6 +27,8 @@ from pyiscsid.daemon.nbd_protocol import Command, Option, Reply, ReplyFlag, Repl
 from pyiscsid.daemon.nbd_protocol import TransmissionFlag as TF
 from pyiscsid.protocol.errors import ISCSIError
 
+from tests.nbd_clients import run
+
 TIMEOUT = 30.0
 KiB = 1024
 DISK = "iqn.2026-11.test.pyiscsid:memory/1"
@@ -420,23 +422,6 @@ async def test_simple_replies_when_structured_replies_were_not_asked(
 
 
 # ----------------------------------------------------------------- real clients
-
-
-async def run(*argv: str, timeout: float = TIMEOUT, check: bool = True) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    if check:
-        assert process.returncode == 0, f"{argv} exited {process.returncode}: {err.decode()}"
-    return process.returncode, out.decode(), err.decode()
 
 
 @needs_tools

@@ -24,6 +24,7 @@ from pyiscsid.protocol.discovery import parse_portal
 
 from tests.conftest import TgtDisk
 from tests.daemon_process import Daemon
+from tests.nbd_clients import run as run_client
 
 pytestmark = [
     pytest.mark.tgtd,
@@ -72,19 +73,8 @@ async def served(tgt: TgtDisk, tmp_path: Path) -> AsyncIterator[Served]:
 
 
 async def run(*argv: str, timeout: float = TIMEOUT) -> str:
-    """Run a client to completion; its failure fails the test with its stderr."""
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await process.communicate()
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode == 0, f"{argv} exited {process.returncode}: {err.decode()}"
-    return out.decode()
+    """Run a client to completion; its stdout. Its failure fails the test."""
+    return (await run_client(*argv, timeout=timeout))[1]
 
 
 def backing(disk: TgtDisk, offset: int, length: int) -> bytes:

@@ -24,7 +24,7 @@ import pytest
 
 from tests.conftest import TgtDisk
 from tests.daemon_process import Daemon
-from tests.qemu_io import WAIT, QemuIo
+from tests.nbd_clients import WAIT, QemuIo
 
 pytestmark = [
     pytest.mark.tgtd,

@@ -1,4 +1,5 @@
-"""qemu-io as a real NBD client that a test drives one command at a time."""
+"""Real NBD clients for tests: any client run to completion, and qemu-io driven one
+command at a time."""
 
 from __future__ import annotations
 
@@ -52,3 +53,22 @@ class QemuIo:
             except (TimeoutError, ConnectionError):
                 self.process.kill()
                 await self.process.wait()
+
+
+async def run(*argv: str, timeout: float = WAIT, check: bool = True) -> tuple[int, str, str]:
+    """Run a client to completion: (exit code, stdout, stderr). With ``check``, a failure
+    fails the test with the client's stderr."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    if check:
+        assert process.returncode == 0, f"{argv} exited {process.returncode}: {err.decode()}"
+    return process.returncode, out.decode(), err.decode()
