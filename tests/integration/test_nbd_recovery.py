@@ -14,9 +14,10 @@ tgtd frozen (SIGSTOP) for longer than the NOP-Out timeout, the connection droppe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -138,15 +139,31 @@ async def reconnects(daemon: Daemon) -> int:
     return int(reply["result"]["sessions"][0]["stats"]["reconnects"])
 
 
-async def test_frozen_target_is_invisible_to_the_nbd_client(
-    tgt: TgtDisk, make_daemon: list[Daemon], tmp_path: Path
-) -> None:
-    daemon = await logged_in(tgt, make_daemon, tmp_path / "daemon", FAST_PINGS)
+@contextlib.asynccontextmanager
+async def workload_across_a_fault(daemon: Daemon, tgt: TgtDisk) -> AsyncIterator[Workload]:
+    """qemu-io writes and reads back through the export before, during and after what the
+    body does (the fault); once the session is back, as much again. Then: no error seen by
+    the client, and every acknowledged write is in the target's backing file."""
     io = await QemuIo.open(uri_of(daemon, tgt))
     load = Workload(io)
     try:
         load.start()
         await load.wait_ops(2 * SLOTS)
+        yield load
+        await wait_for(daemon, "LOGGED IN")
+        await load.wait_ops(2 * SLOTS)
+    finally:
+        await load.halt()
+        await io.close()
+    assert load.errors == []
+    load.check_backing(tgt)
+
+
+async def test_frozen_target_is_invisible_to_the_nbd_client(
+    tgt: TgtDisk, make_daemon: list[Daemon], tmp_path: Path
+) -> None:
+    daemon = await logged_in(tgt, make_daemon, tmp_path / "daemon", FAST_PINGS)
+    async with workload_across_a_fault(daemon, tgt) as load:
         await asyncio.to_thread(tgt.target.freeze)
         try:
             await wait_for(daemon, "FAILED", "REOPEN")  # the NOP-Out timeout went by
@@ -155,14 +172,6 @@ async def test_frozen_target_is_invisible_to_the_nbd_client(
             assert load.ops == stalled  # the client waits: no progress, and no error
         finally:
             await asyncio.to_thread(tgt.target.thaw)
-        await wait_for(daemon, "LOGGED IN")
-        await load.wait_ops(2 * SLOTS)
-        await load.halt()
-    finally:
-        await load.halt()
-        await io.close()
-    assert load.errors == []
-    load.check_backing(tgt)
     (failed,) = daemon.events("session failed")
     assert "NOP-Out" in str(failed["reason"])
     assert await reconnects(daemon) == 1
@@ -172,24 +181,12 @@ async def test_dropped_connection_is_invisible_to_the_nbd_client(
     tgt: TgtDisk, make_daemon: list[Daemon], tmp_path: Path
 ) -> None:
     daemon = await logged_in(tgt, make_daemon, tmp_path / "daemon", FAST_PINGS)
-    io = await QemuIo.open(uri_of(daemon, tgt))
-    load = Workload(io)
-    try:
-        load.start()
-        await load.wait_ops(2 * SLOTS)
+    async with workload_across_a_fault(daemon, tgt):
         (nexus,) = await asyncio.to_thread(tgt.sessions)
         await asyncio.to_thread(tgt.target.drop_connection, tgt.tid, nexus.sid)
         async with asyncio.timeout(WAIT):
             while await reconnects(daemon) < 1:
                 await asyncio.sleep(0.05)  # polling the daemon's counter
-        await wait_for(daemon, "LOGGED IN")
-        await load.wait_ops(2 * SLOTS)
-        await load.halt()
-    finally:
-        await load.halt()
-        await io.close()
-    assert load.errors == []
-    load.check_backing(tgt)
     sessions = await asyncio.to_thread(tgt.sessions)
     assert len(sessions) == 1 and sessions[0].sid != nexus.sid  # reinstated, one nexus
 
