@@ -33,7 +33,7 @@ from .nbd import NbdServer
 from .nodedb import NodeDB
 from .notify import Notifier, Watchdog, watchdog_interval
 from .rootdisk import spare_from_final_kill
-from .shutdown import sessions_to_keep
+from .shutdown import ONBOOT, sessions_to_keep
 from .supervisor import VERSION, Supervisor
 
 DEFAULT_CONFIG = "/etc/pyiscsid/pyiscsid.conf"
@@ -184,7 +184,14 @@ async def _stop(supervisor: Supervisor, nbd: NbdServer, notifier: Notifier, log:
     """Log out of every session but those :mod:`shutdown` keeps; serve the kept disks
     that an NBD client still uses (``/`` among them) until it lets go of them."""
     keep = sessions_to_keep(supervisor.sessions, nbd.clients(), supervisor.config, log)
-    kept = {name for sid in keep for name in supervisor.sessions[sid].exports.values()}
+    # Served to the end: the disks under / and /usr. An onboot session that holds neither
+    # stays logged in but loses its clients, as the ones logged out do.
+    kept = {
+        name
+        for sid, reason in keep.items()
+        if reason != ONBOOT
+        for name in supervisor.sessions[sid].exports.values()
+    }
     leaving = len(supervisor.sessions) - len(keep)
     notifier.stopping(f"logging out of {_plural(leaving, 'session')}")
     log.info("stopping", sessions=len(supervisor.sessions), kept=len(keep))

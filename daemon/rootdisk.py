@@ -127,15 +127,24 @@ def _leaves(sysfs: Path, device: Path, depth: int) -> Iterator[str]:
 
 
 def nbd_devices_holding(
-    mount_point: str = "/", *, mountinfo: Path = MOUNTINFO, sysfs: Path = SYSFS
+    mount_point: str = "/",
+    *,
+    mountinfo: Path = MOUNTINFO,
+    sysfs: Path = SYSFS,
+    required: bool = True,
 ) -> list[NbdDevice]:
-    """The NBD devices that ``mount_point``'s file system lives on (none: not on NBD)."""
+    """The NBD devices that ``mount_point``'s file system lives on (none: not on NBD).
+
+    Nothing mounted there is an error when ``required`` (``/``), else no device (``/usr``,
+    which is most often part of ``/``)."""
     try:
         text = mountinfo.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as exc:
         raise RootDiskError(f"cannot read {mountinfo}: {exc.strerror or exc}") from None
     mount = mount_of(parse_mountinfo(text, str(mountinfo)), mount_point)
     if mount is None:
+        if not required:
+            return []
         raise RootDiskError(f"{mountinfo} lists nothing mounted on {mount_point}")
     try:
         disks = disks_under(mount, sysfs)

@@ -1,9 +1,10 @@
 """Which sessions outlive a shutdown of the daemon, and why.
 
 Two kinds never get logged out: those of ``onboot`` nodes (node.startup = onboot, and
-every iBFT boot target), and the one whose disk holds the root file system, found
-through the kernel (:mod:`rootdisk`). The daemon carries their data, so while an NBD client
-still uses one of them it keeps serving it (see :mod:`main`).
+every iBFT boot target), and the ones whose disk holds ``/`` or ``/usr``, found through the
+kernel (:mod:`rootdisk`): systemd keeps those two mounted to the very end and only
+remounts them read-only. The daemon carries their data, so it goes on serving those disks
+while an NBD client uses them (see :mod:`main`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .session import Session
 
 ONBOOT = "node.startup is onboot"
 ROOT = "its disk holds the root file system"
+SYSTEM_MOUNTS = (("/", True), ("/usr", False))  # mount point, must be mounted
 
 
 def sessions_to_keep(
@@ -35,7 +37,7 @@ def sessions_to_keep(
 def root_sessions(
     sessions: Iterable[Session], clients: list[NbdClientInfo], config: DaemonConfig, log: Any
 ) -> dict[int, str]:
-    """The sessions whose exported disk may hold ``/``, by SID, with the reason.
+    """The sessions whose exported disk may hold ``/`` or ``/usr``, by SID, with the reason.
 
     The kernel names the process that attached each NBD device (``/sys/block/nbdN/pid``);
     it is the peer of one of our NBD connections when ``nbd-client`` attached it without
@@ -45,22 +47,42 @@ def root_sessions(
     """
     in_use = {client.export for client in clients if client.export is not None}
     try:
-        devices = nbd_devices_holding("/", mountinfo=config.mountinfo_path, sysfs=config.sysfs_path)
-    except Exception as exc:  # any failure to tell, RootDiskError or not, keeps the disks
-        chosen, reason = in_use, f"cannot tell which disk holds / ({exc})"
-    else:
-        if not devices:
-            return {}
-        pids = {device.pid for device in devices if device.pid is not None}
-        chosen = {c.export for c in clients if c.export is not None and c.pid in pids}
-        reason = ROOT
-        if not chosen:
-            names = ", ".join(f"/dev/{device.name}" for device in devices)
-            chosen = in_use
-            reason = (
-                f"/ is on {names}, attached by a process that is none of our NBD clients, "
-                "so every disk in use may hold it"
+        held = {
+            mount_point: nbd_devices_holding(
+                mount_point,
+                mountinfo=config.mountinfo_path,
+                sysfs=config.sysfs_path,
+                required=required,
             )
-    if reason != ROOT and chosen:
-        log.warning("keeping every disk in use", reason=reason, exports=sorted(chosen))
-    return {s.sid: reason for s in sessions if chosen & set(s.exports.values())}
+            for mount_point, required in SYSTEM_MOUNTS
+        }
+    except Exception as exc:  # any failure to tell, RootDiskError or not, keeps the disks
+        return _every_disk_in_use(sessions, in_use, f"cannot tell which disk holds / ({exc})", log)
+    reasons: dict[str, str] = {}  # export -> why it stays
+    for mount_point, devices in reversed(held.items()):  # "/" last: its reason wins
+        pids = {device.pid for device in devices if device.pid is not None}
+        why = ROOT if mount_point == "/" else f"its disk holds {mount_point}"
+        reasons |= {c.export: why for c in clients if c.export is not None and c.pid in pids}
+    unmatched = [d for devices in held.values() for d in devices]
+    if unmatched and not reasons:
+        names = ", ".join(f"/dev/{device.name}" for device in unmatched)
+        reason_all = (
+            f"/ or /usr is on {names}, attached by a process that is none of our NBD clients, "
+            "so every disk in use may hold it"
+        )
+        return _every_disk_in_use(sessions, in_use, reason_all, log)
+    return {
+        s.sid: reasons[export]
+        for s in sessions
+        for export in s.exports.values()
+        if export in reasons
+    }
+
+
+def _every_disk_in_use(
+    sessions: Iterable[Session], in_use: set[str], reason: str, log: Any
+) -> dict[int, str]:
+    """The conservative answer: every session whose disk an NBD client holds."""
+    if in_use:
+        log.warning("keeping every disk in use", reason=reason, exports=sorted(in_use))
+    return {s.sid: reason for s in sessions if in_use & set(s.exports.values())}

@@ -6,14 +6,20 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import structlog
+from pyiscsid.daemon.config import DaemonConfig
+from pyiscsid.daemon.nbd import NbdClientInfo
 from pyiscsid.daemon.rootdisk import (
     NbdDevice,
     RootDiskError,
     nbd_devices_holding,
     parse_mountinfo,
 )
+from pyiscsid.daemon.shutdown import ROOT, root_sessions
 
 VIRTUAL = "devices/virtual/block"
 SCSI = "devices/pci0000:00/0000:00:1f.2/ata1/host0/target0:0:0/0:0:0:0/block"
@@ -219,3 +225,37 @@ def test_a_source_device_that_cannot_be_found_is_an_error_not_a_local_disk(
     info = mountinfo(tmp_path / "mountinfo", root_line("0:34", "/dev/mapper/gone", "btrfs"))
     with pytest.raises(RootDiskError, match=r"/dev/mapper/gone .* is not in"):
         nbd_devices_holding(mountinfo=info, sysfs=Sysfs(tmp_path / "sys").root)
+
+
+def test_the_sessions_kept_are_those_under_slash_and_usr_by_their_nbd_clients(
+    tmp_path: Path,
+) -> None:
+    """root_sessions: / on nbd0 (attached by pid 5), a separate /usr on nbd1 (pid 7); the
+    daemon's NBD peers 5 and 7 opened exports a and b; c is attached but holds neither."""
+    sysfs = Sysfs(tmp_path / "sys")
+    sysfs.disk("nbd0", "43:0", pid=5)
+    sysfs.disk("nbd1", "43:32", pid=7)
+    sysfs.disk("sda", "8:0", parent=SCSI)
+    info = mountinfo(
+        tmp_path / "mountinfo",
+        root_line("43:0", "/dev/nbd0"),
+        "30 29 43:32 / /usr rw - ext4 /dev/nbd1 rw",
+    )
+    config = DaemonConfig(mountinfo_path=info, sysfs_path=sysfs.root)
+    sessions = [_session(1, "a"), _session(2, "b"), _session(3, "c")]
+    clients = [NbdClientInfo(5, 0, "a"), NbdClientInfo(7, 0, "b"), NbdClientInfo(9, 0, "c")]
+    log = structlog.get_logger("test")
+    assert root_sessions(sessions, clients, config, log) == {
+        1: "its disk holds the root file system",
+        2: "its disk holds /usr",
+    }
+    # Without a separate /usr mount, only / counts; with / elsewhere, nothing does.
+    info.write_text(root_line("43:0", "/dev/nbd0") + "\n")
+    assert root_sessions(sessions, clients, config, log) == {1: ROOT}
+    info.write_text(root_line("8:0", "/dev/sda") + "\n")
+    assert root_sessions(sessions, clients, config, log) == {}
+
+
+def _session(sid: int, export: str) -> Any:
+    """What root_sessions reads of a Session: its SID and exports."""
+    return SimpleNamespace(sid=sid, exports={1: export})

@@ -239,3 +239,32 @@ async def test_logout_all_leaves_onboot_sessions_as_iscsiadm_does(
         daemon.client, "-m", "node", "-T", tgt.iqn, "-p", tgt.portal, "--logout"
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+async def test_an_onboot_disk_not_under_slash_stays_logged_in_but_is_not_served_on(
+    tgt: TgtDisk, daemons: list[Daemon], tmp_path: Path
+) -> None:
+    """onboot: never logged out at shutdown. But it holds neither / nor /usr, so its NBD
+    client is dropped like any other and the daemon exits at once, not after systemd's
+    stop timeout."""
+    config, pid_file = fake_root(tmp_path, root_device="8:0")
+    daemon = await two_sessions(tgt, daemons, tmp_path / "daemon", config)
+    update = await asyncio.to_thread(
+        daemon.client, "-m", "node", "-T", tgt.iqn, "-p", tgt.portal,
+        "-o", "update", "-n", "node.startup", "-v", "onboot",
+    )  # fmt: skip
+    assert update.returncode == 0, update.stdout + update.stderr
+    io = await QemuIo.open(f"nbd+unix:///{tgt.iqn}/{tgt.lun}?socket={daemon.nbd_socket}")
+    try:
+        pid_file.write_text(f"{io.process.pid}\n")
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await exit_code(daemon) == 0
+        answer = await io.command("read 0 4k")
+        assert "read failed" in answer or "Input/output error" in answer
+    finally:
+        await io.close()
+    (kept,) = daemon.events("left logged in at shutdown")
+    assert (kept["ISCSI_TARGET"], kept["reason"]) == (tgt.iqn, "node.startup is onboot")
+    assert [e["ISCSI_TARGET"] for e in daemon.events("logged out")] == [OTHER_IQN]
+    assert daemon.events("staying up to serve disks in use") == []
