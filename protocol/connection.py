@@ -47,12 +47,12 @@ from .login import Login
 from .negotiation import SessionParameters
 from .pdu import (
     BHS_LENGTH,
+    DATA_IN_OPCODE,
     R2T,
     RESERVED_TAG,
     AsyncEvent,
     AsyncMessage,
     Buffer,
-    DataIn,
     LoginResponse,
     LogoutReason,
     LogoutRequest,
@@ -74,6 +74,8 @@ from .pdu import (
     TextRequest,
     TextResponse,
     pack_scsi_command,
+    parse_pdu,
+    unpack_data_in,
 )
 from .serial import sn_add, sn_ge, sn_gt, sn_le, sn_lt
 from .stats import ConnectionStats
@@ -84,7 +86,8 @@ from .text import TextAssembler, encode_text, split_text
 LOGIN_MAX_DATA_SEGMENT_LENGTH = 8192
 
 
-_SCSI_COMMAND = int(Opcode.SCSI_COMMAND)  # stats key, looked up once
+_SCSI_COMMAND = int(Opcode.SCSI_COMMAND)  # stats keys, looked up once
+_DATA_IN = DATA_IN_OPCODE
 
 
 class ConnectionState(enum.Enum):
@@ -99,6 +102,7 @@ class ConnectionState(enum.Enum):
 # several times a global's on Python 3.11.
 _FULL_FEATURE = ConnectionState.FULL_FEATURE
 _LOGGED_OUT = ConnectionState.LOGGED_OUT
+_LOGGING_IN = ConnectionState.LOGGING_IN
 _FAILED = ConnectionState.FAILED
 
 
@@ -488,8 +492,12 @@ class Connection:
         events: list[Event] = []
         try:
             # Stop at the end of the login or the logout: what follows is not ours to judge.
-            while (pdu := reader.next_pdu()) is not None:
-                self._handle(pdu, now, events)
+            while (raw := reader.next_raw()) is not None:
+                bhs = raw[0]
+                if bhs[0] & 0x3F == DATA_IN_OPCODE and self.state is not _LOGGING_IN:
+                    self._handle_data_in(bhs, raw[2], events)  # every read: no DataIn object
+                else:
+                    self._handle(parse_pdu(*raw), now, events)
                 if self.state is _LOGGED_OUT:
                     break
         except TargetProtocolError as exc:
@@ -503,13 +511,8 @@ class Connection:
         return events
 
     def _handle(self, pdu: Pdu, now: float, events: list[Event]) -> None:
-        stats = self.stats
-        stats.received[pdu.opcode] += 1
-        if type(pdu) is DataIn and self.state is _FULL_FEATURE:  # every read, first
-            stats.rxdata_octets += len(pdu.data)
-            self._handle_data_in(pdu, events)
-            return
-        if self.state is ConnectionState.LOGGING_IN:
+        self.stats.received[pdu.opcode] += 1
+        if self.state is _LOGGING_IN:
             if not isinstance(pdu, LoginResponse):
                 raise TargetProtocolError(
                     f"{type(pdu).__name__} received during login, expected a Login Response"
@@ -517,9 +520,6 @@ class Connection:
             self._handle_login(pdu, events)
             return
         match pdu:
-            case DataIn():  # while logging out
-                stats.rxdata_octets += len(pdu.data)
-                self._handle_data_in(pdu, events)
             case ScsiResponse():
                 self._acknowledge(pdu.stat_sn, pdu.exp_cmd_sn, pdu.max_cmd_sn)
                 self._handle_scsi_response(pdu, events)
@@ -601,24 +601,33 @@ class Connection:
             raise TargetProtocolError(f"{what} for unknown task tag 0x{itt:08x}")
         return task
 
-    def _handle_data_in(self, pdu: DataIn, events: list[Event]) -> None:
-        if pdu.status_present:
-            self._acknowledge(pdu.stat_sn, pdu.exp_cmd_sn, pdu.max_cmd_sn)
+    def _handle_data_in(self, bhs: memoryview, data: memoryview, events: list[Event]) -> None:
+        """SCSI Data-In (11.7), decoded straight from its BHS: one per read, and often the
+        read's status too (the S bit), so no :class:`DataIn` is built for it."""
+        (_, flags, _, status, _, _, itt, _, stat_sn, exp_cmd_sn, max_cmd_sn, data_sn,
+         buffer_offset, residual_count) = unpack_data_in(bhs)  # fmt: skip
+        stats = self.stats
+        stats.received[_DATA_IN] += 1
+        stats.rxdata_octets += len(data)
+        status_present = flags & 0x01
+        if status_present:
+            self._acknowledge(stat_sn, exp_cmd_sn, max_cmd_sn)
         else:
-            self._update_window(pdu.exp_cmd_sn, pdu.max_cmd_sn)
-        task = self._task_for(pdu.initiator_task_tag, "Data-In")
-        task.accept_data_in(pdu)
-        if pdu.status_present:
-            del self._tasks[task.initiator_task_tag]
+            self._update_window(exp_cmd_sn, max_cmd_sn)
+        task = self._task_for(itt, "Data-In")
+        task.accept_data_in(data_sn, buffer_offset, data)
+        if status_present:
+            del self._tasks[itt]
+            underflow = bool(flags & 0x02)
             events.append(
                 CommandCompleted(
-                    initiator_task_tag=task.initiator_task_tag,
-                    status=pdu.status,
+                    initiator_task_tag=itt,
+                    status=status,
                     sense=b"",
-                    data=task.received_view(pdu.residual_underflow, pdu.residual_count),
-                    residual_underflow=pdu.residual_underflow,
-                    residual_overflow=pdu.residual_overflow,
-                    residual_count=pdu.residual_count,
+                    data=task.received_view(underflow, residual_count),
+                    residual_underflow=underflow,
+                    residual_overflow=bool(flags & 0x04),
+                    residual_count=residual_count,
                 )
             )
 

@@ -94,12 +94,18 @@ class PduReader:
         self._chunk = None
 
     def next_pdu(self) -> Pdu | None:
+        raw = self.next_raw()
+        return parse_pdu(*raw) if raw is not None else None
+
+    def next_raw(self) -> tuple[memoryview, memoryview, memoryview] | None:
+        """The next whole PDU as (BHS, AHS, data segment) views, digests checked, not yet
+        decoded: the caller may decode the common PDUs its own way (Data-In)."""
         chunk = self._chunk
         if chunk is not None:
-            pdu, used = self._cut(chunk)
-            if pdu is not None:
+            raw, used = self._cut(chunk)
+            if raw is not None:
                 self._chunk = chunk[used:] if used < len(chunk) else None
-                return pdu
+                return raw
             self._spill()  # a part of a PDU: wait for the rest in the buffer
         buf = self._buffer
         if len(buf) < BHS_LENGTH:
@@ -110,9 +116,9 @@ class PduReader:
                 return None
             whole = bytes(pending[:total])  # the one copy out of the receive buffer
         del buf[:total]
-        pdu, _ = self._cut(memoryview(whole))
-        assert pdu is not None
-        return pdu
+        raw, _ = self._cut(memoryview(whole))
+        assert raw is not None
+        return raw
 
     def _layout(self, view: memoryview) -> tuple[int, int, int, int]:
         """Where the first PDU's parts end: (header, data start, data length, whole PDU)."""
@@ -134,8 +140,11 @@ class PduReader:
             return None
         return total
 
-    def _cut(self, view: memoryview) -> tuple[Pdu | None, int]:
-        """The first PDU of ``view`` (an immutable buffer) and its length, or (None, 0)."""
+    def _cut(
+        self, view: memoryview
+    ) -> tuple[tuple[memoryview, memoryview, memoryview] | None, int]:
+        """The first PDU of ``view`` (an immutable buffer) as (BHS, AHS, data) and its
+        length, or (None, 0)."""
         if len(view) < BHS_LENGTH:
             return None, 0
         header_end, data_start, data_length, total = self._layout(view)
@@ -149,7 +158,7 @@ class PduReader:
             expected = crc32c_of(view[data_start : data_start + padded])
             if received != expected:
                 raise DigestError("data", expected, received)
-        return parse_pdu(view[:BHS_LENGTH], view[BHS_LENGTH:header_end], data), total
+        return (view[:BHS_LENGTH], view[BHS_LENGTH:header_end], data), total
 
     def _check_header(self, view: memoryview, header_end: int, data_length: int) -> None:
         if self.header_digest:

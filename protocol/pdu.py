@@ -715,7 +715,7 @@ class DataIn(TargetPdu):
     """SCSI Data-In (RFC 7143 section 11.7). StatSN and Status are valid only with S set."""
 
     opcode = Opcode.DATA_IN
-    _S: ClassVar[struct.Struct] = struct.Struct(_HEAD + "QIIIIIIII")
+    _S: ClassVar[struct.Struct] = struct.Struct(_HEAD + "QIIIIIIII")  # as _DATA_IN
     final: bool = False
     acknowledge: bool = False
     residual_overflow: bool = False
@@ -746,13 +746,9 @@ class DataIn(TargetPdu):
 
     @classmethod
     def unpack(cls, bhs: Buffer, ahs: Buffer, data: Buffer) -> DataIn:
-        (_, flags, _, status, _, lun, itt, ttt, ssn, ecs, mcs, dsn, offset, rc) = (
-            cls._S.unpack_from(bhs)
+        (_, flags, _, status, _, lun, itt, ttt, ssn, ecs, mcs, dsn, offset, rc) = unpack_data_in(
+            bhs
         )
-        if flags & 0x01 and not flags & _FINAL:
-            raise TargetProtocolError("Data-In has the S bit without the F bit")
-        if flags & 0x06 == 0x06:
-            raise TargetProtocolError("Data-In sets both residual overflow and underflow")
         return cls(
             final=bool(flags & _FINAL), acknowledge=bool(flags & 0x40),
             residual_overflow=bool(flags & 0x04), residual_underflow=bool(flags & 0x02),
@@ -760,6 +756,22 @@ class DataIn(TargetPdu):
             target_transfer_tag=ttt, stat_sn=ssn, exp_cmd_sn=ecs, max_cmd_sn=mcs, data_sn=dsn,
             buffer_offset=offset, residual_count=rc, data=data,
         )  # fmt: skip
+
+
+_DATA_IN = struct.Struct(_HEAD + "QIIIIIIII")
+DATA_IN_OPCODE = int(Opcode.DATA_IN)
+
+
+def unpack_data_in(bhs: Buffer) -> tuple[int, ...]:
+    """A Data-In BHS as its 14 struct fields (see :class:`DataIn`), flags checked: the
+    connection reads every Data-In this way, without building a :class:`DataIn`."""
+    fields = _DATA_IN.unpack_from(bhs)
+    flags = fields[1]
+    if flags & 0x01 and not flags & _FINAL:
+        raise TargetProtocolError("Data-In has the S bit without the F bit")
+    if flags & 0x06 == 0x06:
+        raise TargetProtocolError("Data-In sets both residual overflow and underflow")
+    return fields
 
 
 @record(kw_only=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .errors import TargetProtocolError
-from .pdu import RESERVED_TAG, DataIn, DataOut, TaskAttribute
+from .pdu import RESERVED_TAG, Buffer, DataOut, TaskAttribute
 from .serial import sn_add
 
 
@@ -37,31 +37,32 @@ class ScsiTask:
     def is_write(self) -> bool:
         return self.write_data is not None
 
-    def accept_data_in(self, pdu: DataIn) -> None:
-        """Copy one Data-In into the read buffer, checking it fits and comes in order."""
+    def accept_data_in(self, data_sn: int, buffer_offset: int, data: Buffer) -> None:
+        """Copy one Data-In's data into the read buffer, checking it fits and comes in
+        order."""
         buffer = self.read_buffer
         if buffer is None:
             raise TargetProtocolError(
                 f"Data-In for task 0x{self.initiator_task_tag:08x}, which reads nothing"
             )
-        if pdu.data_sn != self.next_data_sn:
+        if data_sn != self.next_data_sn:
             raise TargetProtocolError(
-                f"Data-In DataSN {pdu.data_sn} for task 0x{self.initiator_task_tag:08x}, "
+                f"Data-In DataSN {data_sn} for task 0x{self.initiator_task_tag:08x}, "
                 f"expected {self.next_data_sn} (DataPDUInOrder)"
             )
-        if pdu.buffer_offset != self.data_in_received:
+        if buffer_offset != self.data_in_received:
             raise TargetProtocolError(
-                f"Data-In at offset {pdu.buffer_offset} for task 0x{self.initiator_task_tag:08x}"
+                f"Data-In at offset {buffer_offset} for task 0x{self.initiator_task_tag:08x}"
                 f", expected {self.data_in_received} (DataSequenceInOrder)"
             )
-        length = len(pdu.data)
-        end = pdu.buffer_offset + length
+        length = len(data)
+        end = buffer_offset + length
         if end > len(buffer):
             raise TargetProtocolError(
-                f"Data-In at offset {pdu.buffer_offset} + {length} runs past the "
+                f"Data-In at offset {buffer_offset} + {length} runs past the "
                 f"{len(buffer)} bytes the command expects"
             )
-        buffer[pdu.buffer_offset : end] = pdu.data
+        buffer[buffer_offset:end] = data
         self.next_data_sn = sn_add(self.next_data_sn, 1)
         self.data_in_received += length
 
