@@ -19,7 +19,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from importlib import metadata
 from typing import Any, NoReturn
 
 PROG = "pyiscsiadm"
@@ -122,10 +121,23 @@ _ALLOWED = {
 
 
 def _version() -> str:
+    from importlib import metadata  # only for -V: the import costs a fifth of start-up
+
     try:
         return metadata.version("pyiscsid")
     except metadata.PackageNotFoundError:  # running from a checkout that is not installed
         return "unknown"
+
+
+class _VersionAction(argparse.Action):
+    """``-V``: the version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> None:
+        print(f"{PROG} version {_version()}")  # on stdout, as argparse's own action
+        parser.exit()
 
 
 def _print_level(text: str) -> int:
@@ -229,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("-S", "--show", action="store_true", default=None, help="show passwords")
     add("-s", "--stats", action="store_true", default=None, help="session counters")
     add("-d", "--debug", type=int, metavar="LEVEL", help="accepted for iscsiadm compatibility")
-    add("-V", "--version", action="version", version=f"{PROG} version {_version()}")
+    add("-V", "--version", action=_VersionAction, help="show the version and exit")
     add("--format", choices=["text", "json"], default="text", help="json: the daemon's result")
     add(
         "--socket",
