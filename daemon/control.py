@@ -93,6 +93,13 @@ class ControlError(ISCSIError):
     code: str = "error"
     exit: int = 1
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass names its ``code``; its ``exit`` is that code's, from EXIT_CODES."""
+        super().__init_subclass__(**kwargs)
+        if cls.code not in EXIT_CODES:
+            raise TypeError(f"{cls.__name__}: unknown control error code {cls.code!r}")
+        cls.exit = EXIT_CODES[cls.code]
+
     def __init__(self, message: str, code: str | None = None) -> None:
         if code is not None:
             if code not in EXIT_CODES:
@@ -110,40 +117,33 @@ class InvalidRequest(ControlError):
     """A request that does not follow the API; ``request_id`` is its id when readable."""
 
     code = "invalid"
-    exit = 7
     request_id: int | str | None = None
 
 
 class AccessDenied(ControlError):
     code = "access_denied"
-    exit = 13
 
 
 class SessionNotFound(ControlError):
     code = "session_not_found"
-    exit = 2
 
 
 class SessionExists(ControlError):
     code = "session_exists"
-    exit = 15
 
 
 class NoRecords(ControlError):
     code = "no_records"
-    exit = 21
 
 
 class Busy(ControlError):
     """The session's disk is in use (it holds /, or iscsid.safe_logout protects it)."""
 
     code = "busy"
-    exit = 28
 
 
 class LogoutFailed(ControlError):
     code = "logout_failed"
-    exit = 10
 
 
 class ControlSocketInUse(ISCSIError):
