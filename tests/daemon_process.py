@@ -77,6 +77,10 @@ class Daemon:
     def nbd_socket(self) -> Path:
         return self.socket.parent / "nbd.sock"
 
+    def nbd_uri(self, export: str = "") -> str:
+        """libnbd's URI of an export (``<target-iqn>/<lun>``) on this daemon's NBD socket."""
+        return f"nbd+unix:///{export}?socket={self.nbd_socket}"
+
     def argv(self) -> list[str]:
         return [
             str(BIN / "pyiscsid"),

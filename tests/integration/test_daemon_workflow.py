@@ -326,7 +326,7 @@ def test_a_logged_in_lun_is_served_over_nbd_until_logout(tgt: TgtDisk, daemon: D
     portal = portal_of(tgt)
     assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
     assert daemon.client("-m", "node", "--login").returncode == 0
-    uri = f"nbd+unix:///?socket={daemon.nbd_socket}"
+    uri = daemon.nbd_uri()
     listed = subprocess.run(
         ["nbdinfo", "--list", "--json", uri], capture_output=True, text=True, timeout=30
     )

@@ -79,6 +79,14 @@ async def two_sessions(tgt: TgtDisk, daemons: list[Daemon], root: Path, config: 
     return daemon
 
 
+async def mark_onboot(daemon: Daemon, tgt: TgtDisk) -> None:
+    update = await asyncio.to_thread(
+        daemon.client, "-m", "node", "-T", tgt.iqn, "-p", tgt.portal,
+        "-o", "update", "-n", "node.startup", "-v", "onboot",
+    )  # fmt: skip
+    assert update.returncode == 0, update.stdout + update.stderr
+
+
 async def exit_code(daemon: Daemon) -> int:
     assert daemon.process is not None
     return await asyncio.to_thread(daemon.process.wait, WAIT)
@@ -90,7 +98,7 @@ async def test_the_root_disk_is_kept_and_served_until_its_client_lets_go(
 ) -> None:
     config, pid_file = fake_root(tmp_path)
     daemon = await two_sessions(tgt, daemons, tmp_path / "daemon", config)
-    io = await QemuIo.open(f"nbd+unix:///{tgt.iqn}/{tgt.lun}?socket={daemon.nbd_socket}")
+    io = await QemuIo.open(daemon.nbd_uri(f"{tgt.iqn}/{tgt.lun}"))
     try:
         # nbd-client in ioctl mode forks after connecting: the kernel then names a pid
         # that is none of our peers, and the daemon must keep every disk in use.
@@ -137,7 +145,7 @@ async def test_with_root_elsewhere_every_session_is_logged_out_and_clients_dropp
 ) -> None:
     config, pid_file = fake_root(tmp_path, root_device="8:0")
     daemon = await two_sessions(tgt, daemons, tmp_path / "daemon", config)
-    io = await QemuIo.open(f"nbd+unix:///{tgt.iqn}/{tgt.lun}?socket={daemon.nbd_socket}")
+    io = await QemuIo.open(daemon.nbd_uri(f"{tgt.iqn}/{tgt.lun}"))
     try:
         pid_file.write_text(f"{io.process.pid}\n")
         assert daemon.process is not None
@@ -160,7 +168,7 @@ async def test_an_explicit_logout_of_the_root_disk_is_refused_with_busy(
 ) -> None:
     config, pid_file = fake_root(tmp_path)
     daemon = await two_sessions(tgt, daemons, tmp_path / "daemon", config)
-    io = await QemuIo.open(f"nbd+unix:///{tgt.iqn}/{tgt.lun}?socket={daemon.nbd_socket}")
+    io = await QemuIo.open(daemon.nbd_uri(f"{tgt.iqn}/{tgt.lun}"))
     try:
         pid_file.write_text(f"{io.process.pid}\n")
         portal = tgt.portal
@@ -195,7 +203,7 @@ async def test_safe_logout_refuses_a_disk_in_use_until_its_client_goes(
     daemon = await two_sessions(
         tgt, daemons, tmp_path / "daemon", config + "iscsid.safe_logout = Yes\n"
     )
-    io = await QemuIo.open(f"nbd+unix:///{tgt.iqn}/{tgt.lun}?socket={daemon.nbd_socket}")
+    io = await QemuIo.open(daemon.nbd_uri(f"{tgt.iqn}/{tgt.lun}"))
     try:
         sid = next(
             s["sid"]
@@ -223,11 +231,7 @@ async def test_logout_all_leaves_onboot_sessions_as_iscsiadm_does(
 ) -> None:
     config, _ = fake_root(tmp_path, root_device="8:0")
     daemon = await two_sessions(tgt, daemons, tmp_path / "daemon", config)
-    update = await asyncio.to_thread(
-        daemon.client, "-m", "node", "-T", tgt.iqn, "-p", tgt.portal,
-        "-o", "update", "-n", "node.startup", "-v", "onboot",
-    )  # fmt: skip
-    assert update.returncode == 0, update.stdout + update.stderr
+    await mark_onboot(daemon, tgt)
     done = await asyncio.to_thread(daemon.client, "-m", "node", "-U", "all")
     assert done.returncode == 0, done.stdout + done.stderr
     assert OTHER_IQN in done.stdout and tgt.iqn not in done.stdout
@@ -249,12 +253,8 @@ async def test_an_onboot_disk_not_under_slash_stays_logged_in_but_is_not_served_
     stop timeout."""
     config, pid_file = fake_root(tmp_path, root_device="8:0")
     daemon = await two_sessions(tgt, daemons, tmp_path / "daemon", config)
-    update = await asyncio.to_thread(
-        daemon.client, "-m", "node", "-T", tgt.iqn, "-p", tgt.portal,
-        "-o", "update", "-n", "node.startup", "-v", "onboot",
-    )  # fmt: skip
-    assert update.returncode == 0, update.stdout + update.stderr
-    io = await QemuIo.open(f"nbd+unix:///{tgt.iqn}/{tgt.lun}?socket={daemon.nbd_socket}")
+    await mark_onboot(daemon, tgt)
+    io = await QemuIo.open(daemon.nbd_uri(f"{tgt.iqn}/{tgt.lun}"))
     try:
         pid_file.write_text(f"{io.process.pid}\n")
         assert daemon.process is not None

@@ -126,10 +126,6 @@ async def logged_in(tgt: TgtDisk, daemons: list[Daemon], root: Path, config: str
     return daemon
 
 
-def uri_of(daemon: Daemon, tgt: TgtDisk) -> str:
-    return f"nbd+unix:///{tgt.iqn}/{tgt.lun}?socket={daemon.nbd_socket}"
-
-
 async def wait_for(daemon: Daemon, *states: str) -> None:
     await asyncio.to_thread(daemon.wait_state, states, WAIT)
 
@@ -144,7 +140,7 @@ async def workload_across_a_fault(daemon: Daemon, tgt: TgtDisk) -> AsyncIterator
     """qemu-io writes and reads back through the export before, during and after what the
     body does (the fault); once the session is back, as much again. Then: no error seen by
     the client, and every acknowledged write is in the target's backing file."""
-    io = await QemuIo.open(uri_of(daemon, tgt))
+    io = await QemuIo.open(daemon.nbd_uri(f"{tgt.iqn}/{tgt.lun}"))
     load = Workload(io)
     try:
         load.start()
@@ -196,7 +192,7 @@ async def test_outage_beyond_replacement_timeout_is_eio_then_the_export_serves_a
 ) -> None:
     config = FAST_PINGS + f"node.session.timeo.replacement_timeout = {REPLACEMENT_TIMEOUT}\n"
     daemon = await logged_in(tgt, make_daemon, tmp_path / "daemon", config)
-    io = await QemuIo.open(uri_of(daemon, tgt))
+    io = await QemuIo.open(daemon.nbd_uri(f"{tgt.iqn}/{tgt.lun}"))
     try:
         assert "wrote 4096/4096" in await io.command("write -P 0x11 0 4k")
         await asyncio.to_thread(tgt.target.freeze)
@@ -229,7 +225,7 @@ async def test_outage_beyond_replacement_timeout_is_eio_then_the_export_serves_a
         file.seek(MiB)
         assert file.read(3 * MiB) == b"\x33" * (3 * MiB)
     check = await asyncio.create_subprocess_exec(
-        "nbdinfo", "--size", uri_of(daemon, tgt), stdout=asyncio.subprocess.PIPE
+        "nbdinfo", "--size", daemon.nbd_uri(f"{tgt.iqn}/{tgt.lun}"), stdout=asyncio.subprocess.PIPE
     )
     async with asyncio.timeout(WAIT):
         out, _ = await check.communicate()
