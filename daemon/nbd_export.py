@@ -154,7 +154,10 @@ class LunExport:
         """One SCSI command; with ``whole``, a residual (the target moved less than asked)
         is an error, since NBD has no short reads or writes. UNMAP passes False: tgtd reports
         a residual for the parameter list's unused tail, with GOOD status."""
-        _whole(await self.session.execute(cdb, lun=self.lun, **command), whole)
+        result = await self.session.execute(cdb, lun=self.lun, **command)
+        result.check()
+        if whole and result.residual_count:
+            raise ISCSIError(f"short transfer: {result.residual_count} bytes not moved")
 
     async def _all(
         self, what: str, offset: int, pieces: list[tuple[int, Coroutine[Any, Any, None]]]
@@ -184,17 +187,6 @@ class LunExport:
         buffer = bytearray(length)
         view = memoryview(buffer)
         size = self.block_size
-        if length <= self.max_transfer:  # the common case: one command, no lists
-            try:
-                _whole(
-                    await self.session.execute(
-                        scsi.read16(offset // size, length // size), lun=self.lun,
-                        read_buffer=view,
-                    )
-                )  # fmt: skip
-            except ISCSIError as exc:
-                raise _failed("READ", offset, exc, False) from exc
-            return buffer
         pieces = [
             (at, self._run(scsi.read16(lba, blocks), read_buffer=view[at : at + blocks * size]))
             for lba, blocks, at in self._chunks(offset, length, self.max_transfer)
@@ -204,17 +196,6 @@ class LunExport:
 
     async def write(self, offset: int, data: memoryview, fua: bool) -> None:
         size = self.block_size
-        if len(data) <= self.max_transfer:
-            try:
-                _whole(
-                    await self.session.execute(
-                        scsi.write16(offset // size, len(data) // size, fua=fua), lun=self.lun,
-                        data_out=data,
-                    )
-                )  # fmt: skip
-            except ISCSIError as exc:
-                raise _failed("WRITE", offset, exc, True) from exc
-            return
         pieces = [
             (
                 at,
@@ -255,14 +236,6 @@ class LunExport:
                 await self._run(scsi.unmap(len(parameters)), whole=False, data_out=parameters)
             except ISCSIError as exc:
                 raise _failed("TRIM", offset + at, exc, writing=True) from exc
-
-
-def _whole(result: Any, whole: bool = True) -> None:
-    """A command's result as NBD needs it: GOOD status and, with ``whole``, every byte
-    moved (NBD has no short reads or writes)."""
-    result.check()
-    if whole and result.residual_count:
-        raise ISCSIError(f"short transfer: {result.residual_count} bytes not moved")
 
 
 def _failed(what: str, offset: int, exc: ISCSIError, writing: bool) -> NbdIOError:
