@@ -504,6 +504,7 @@ class Supervisor:
                     "left logged in", ISCSI_TARGET=session.target, ISCSI_SID=sid, reason=reason
                 )
             sessions = [s for s in self.sessions.values() if s.sid not in skipped]
+            busy: dict[int, str] = {}  # the ones in use are skipped already
         else:
             wanted = {(r.target, r.portal) for r in self._records(args)}
             if wanted & self._busy:
@@ -511,9 +512,10 @@ class Supervisor:
             sessions = [
                 s for s in self.sessions.values() if (s.target, s.portal.address_port) in wanted
             ]
+            busy = self._in_use(sessions)
         if not sessions:
             raise NoRecords("no matching sessions found")
-        return {"logouts": await self._logout(sessions, self._in_use(sessions))}
+        return {"logouts": await self._logout(sessions, busy)}
 
     async def _session_list(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         return {"sessions": [s.summary() for s in self._sorted_sessions()]}
