@@ -51,6 +51,7 @@ from pyiscsid.protocol.record import record
 from pyiscsid.protocol.scsi import ScsiCommandError, ScsiStatus, lun_to_field
 from pyiscsid.protocol.sense import Sense, SenseFormatError, parse_sense
 
+from .batching import IterationBatch
 from .escalation import TaskTimeouts, rescue, timed_out
 
 DEFAULT_LOGIN_TIMEOUT = 15.0  # open-iscsi's node.conn[0].timeo.login_timeout
@@ -146,7 +147,7 @@ class IscsiConnection(asyncio.Protocol):
         self._watchdog: asyncio.TimerHandle | None = None
         self._writable = asyncio.Event()
         self._writable.set()
-        self._flush_scheduled = False
+        self._batch = IterationBatch(self._loop, self._flush)  # commands of one iteration
         self._error: ISCSIError | None = None
         self.on_event: Callable[[Event], None] | None = None  # async messages etc.
         self.log = structlog.get_logger("pyiscsid.connection").bind(
@@ -313,14 +314,9 @@ class IscsiConnection(asyncio.Protocol):
 
     def _await_tag(self, itt: int) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = self._loop.create_future()
-        idle = not self._waiters
+        alone = not self._waiters  # nothing else in flight (4 KiB reads one at a time)
         self._waiters[itt] = future
-        if idle and not self._flush_scheduled:
-            # Nothing else in flight: no batch to wait for, and a loop iteration saved is
-            # latency saved (4 KiB reads one at a time).
-            self._flush()
-        else:
-            self._flush_soon()
+        self._batch.request(alone=alone)
         return future
 
     def _watch(self, watch: _Watched) -> None:
@@ -352,17 +348,6 @@ class IscsiConnection(asyncio.Protocol):
                 earliest = watch.deadline
         if earliest is not None:
             self._watchdog = self._loop.call_at(earliest, self._rescue_overdue)
-
-    def _flush_soon(self) -> None:
-        """Write at the end of this loop iteration: the commands that many tasks submit in
-        one iteration leave in one ``writelines`` (one system call), not one each."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._scheduled_flush)
-
-    def _scheduled_flush(self) -> None:
-        self._flush_scheduled = False
-        self._flush()
 
     # ---------------------------------------------------------- public API
 

@@ -27,6 +27,7 @@ import structlog
 from pyiscsid.protocol.errors import ISCSIError
 
 from . import nbd_protocol as wire
+from .batching import IterationBatch
 from .nbd_export import Export, NbdIOError, NbdRequestError, errno_for
 from .nbd_protocol import Command, CommandFlag, NbdProtocolError, Option, Reply
 from .nbd_protocol import TransmissionFlag as TF
@@ -105,7 +106,7 @@ class _Client:
         self._room = asyncio.Event()  # set when fewer than MAX_IN_FLIGHT requests run
         self._loop = asyncio.get_running_loop()
         self._replies: list[bytes | bytearray | memoryview] = []  # to write this iteration
-        self._flush_scheduled = False
+        self._batch = IterationBatch(self._loop, self._flush_replies)
         self.log = log.bind(peer_pid=self.pid, peer_uid=self.uid) if self.uid is not None else log
 
     def info(self) -> NbdClientInfo:
@@ -132,20 +133,14 @@ class _Client:
             self.writer.writelines(parts)
 
     def _reply(self, *parts: bytes | bytearray | memoryview) -> None:
-        """Queue a reply to a request: the replies of the requests that finish in one loop
-        iteration leave in one ``writelines`` (one system call); a lone request's reply
-        leaves at once, since there is no batch to wait for."""
+        """Queue a reply to a request, written with the others of this loop iteration
+        (:mod:`batching`); a lone request's at once."""
         if self.writer.is_closing():
             return
         self._replies.extend(parts)
-        if len(self.requests) <= 1 and not self._flush_scheduled:
-            self._flush_replies()
-        elif not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush_replies)
+        self._batch.request(alone=len(self.requests) <= 1)
 
     def _flush_replies(self) -> None:
-        self._flush_scheduled = False
         replies, self._replies = self._replies, []
         if replies and not self.writer.is_closing():
             self.writer.writelines(replies)
