@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import TgtDisk
-from tests.daemon.test_rootdisk import Sysfs
 from tests.daemon_process import Daemon
 from tests.nbd_clients import WAIT, QemuIo
+from tests.sysfs_tree import Sysfs
 
 pytestmark = [
     pytest.mark.tgtd,
