@@ -71,6 +71,7 @@ class DaemonConfig:
     log_level: str = settings.SETTINGS["log.level"].default
     shutdown_timeout: float = float(settings.SETTINGS["daemon.shutdown_timeout"].default)
     safe_logout: bool = False
+    busy_poll: float = 0.0  # seconds; 0 = off (iscsid.busy_poll, in microseconds)
     ibft_path: Path = Path(settings.SETTINGS["firmware.ibft_path"].default)
     mountinfo_path: Path = Path(settings.SETTINGS["rootdisk.mountinfo_path"].default)
     sysfs_path: Path = Path(settings.SETTINGS["rootdisk.sysfs_path"].default)
@@ -99,6 +100,7 @@ def load_config(path: Path = DEFAULT_CONFIG_PATH) -> DaemonConfig:
         log_level=daemon["log.level"],
         shutdown_timeout=float(daemon["daemon.shutdown_timeout"]),
         safe_logout=daemon["iscsid.safe_logout"] == "Yes",
+        busy_poll=int(daemon["iscsid.busy_poll"]) / 1e6,
         ibft_path=_path(daemon, "firmware.ibft_path"),
         mountinfo_path=_path(daemon, "rootdisk.mountinfo_path"),
         sysfs_path=_path(daemon, "rootdisk.sysfs_path"),

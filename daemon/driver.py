@@ -52,6 +52,7 @@ from pyiscsid.protocol.scsi import ScsiCommandError, ScsiStatus, lun_to_field
 from pyiscsid.protocol.sense import Sense, SenseFormatError, parse_sense
 
 from .batching import IterationBatch
+from .busypoll import BusyPoll
 from .escalation import TaskTimeouts, rescue, timed_out
 
 DEFAULT_LOGIN_TIMEOUT = 15.0  # open-iscsi's node.conn[0].timeo.login_timeout
@@ -132,9 +133,13 @@ _FULL_FEATURE = ConnectionState.FULL_FEATURE  # tested for every command
 class IscsiConnection(asyncio.Protocol):
     """One logged-in iSCSI connection (and so one session) on the event loop."""
 
-    def __init__(self, config: ConnectionConfig, portal: Portal) -> None:
+    def __init__(
+        self, config: ConnectionConfig, portal: Portal, busy_poll: BusyPoll | None = None
+    ) -> None:
         self.config = config
         self.portal = portal
+        self._busy_poll = busy_poll
+        self._fd = -1  # the socket's, for busy polling
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
         self._core: Connection | None = None
@@ -145,9 +150,10 @@ class IscsiConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._watched: dict[int, _Watched] = {}  # commands with a timeout, by ITT
         self._watchdog: asyncio.TimerHandle | None = None
-        self._writable = asyncio.Event()
+        self._writable = asyncio.Event()  # set unless the transport paused writing
         self._writable.set()
-        self._batch = IterationBatch(self._loop, self._flush)  # commands of one iteration
+        self._write_paused = False  # _writable cleared, tested for every command
+        self._batch = IterationBatch(self._loop, self._write)  # commands of one iteration
         self._error: ISCSIError | None = None
         self.on_event: Callable[[Event], None] | None = None  # async messages etc.
         self.log = structlog.get_logger("pyiscsid.connection").bind(
@@ -162,6 +168,7 @@ class IscsiConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._fd = sock.fileno()
         self._core = Connection(self.config, rng=os.urandom, now=self._loop.time())
         self._flush()
 
@@ -175,7 +182,11 @@ class IscsiConnection(asyncio.Protocol):
             return
         for event in events:
             self._dispatch(event)
-        self._flush()
+        self._write()
+        if self._timer is None:
+            # What a target sends only moves the core's deadline later (or ends it), so a
+            # timer already set stands: see _arm_timer.
+            self._arm_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._timer is not None:
@@ -190,26 +201,35 @@ class IscsiConnection(asyncio.Protocol):
             + (f": {exc}" if exc is not None else " by the target")
         )
         self._fail_all(error)
+        self._write_paused = False
         self._writable.set()  # a writer waiting for buffer space must see the loss, not hang
         if not self._closed.done():
             self._closed.set_result(None)
 
     def pause_writing(self) -> None:
+        self._write_paused = True
         self._writable.clear()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         self._writable.set()
 
     # ---------------------------------------------------------- plumbing
 
     def _flush(self) -> None:
+        """Write what the core has to send and set the timer to its next deadline."""
+        self._write()
+        self._arm_timer()
+
+    def _write(self) -> None:
+        """Write what the core has to send. Sending a command leaves the core's deadline
+        where it was; only a ping (:meth:`ping`) can bring it earlier."""
         core = self._core
         if core is None or self._transport is None:
             return
         out = core.data_to_send()
         if out and not self._transport.is_closing():
             self._transport.writelines(out)
-        self._arm_timer()
 
     def _arm_timer(self) -> None:
         """Have :meth:`_on_timer` run by the core's next deadline.
@@ -248,6 +268,8 @@ class IscsiConnection(asyncio.Protocol):
 
     def _fail_all(self, error: ISCSIError) -> None:
         futures = [self._login, self._logout, *self._waiters.values()]
+        if self._busy_poll is not None:
+            self._busy_poll.outstanding -= len(self._waiters)
         self._waiters.clear()
         for future in futures:
             if future is not None and not future.done():
@@ -255,7 +277,11 @@ class IscsiConnection(asyncio.Protocol):
 
     def _resolve(self, itt: int, value: Any = None, error: BaseException | None = None) -> None:
         future = self._waiters.pop(itt, None)
-        if future is None or future.done():
+        if future is None:
+            return
+        if self._busy_poll is not None:
+            self._busy_poll.outstanding -= 1
+        if future.done():
             return
         if error is not None:
             future.set_exception(error)
@@ -316,6 +342,8 @@ class IscsiConnection(asyncio.Protocol):
         future: asyncio.Future[Any] = self._loop.create_future()
         alone = not self._waiters  # nothing else in flight (4 KiB reads one at a time)
         self._waiters[itt] = future
+        if self._busy_poll is not None:
+            self._busy_poll.outstanding += 1
         self._batch.request(alone=alone)
         return future
 
@@ -414,7 +442,7 @@ class IscsiConnection(asyncio.Protocol):
         it again is safe even for a write (SAM-5 section 5.14).
         """
         for _ in range(UNIT_ATTENTION_RETRIES):
-            if not self._writable.is_set():
+            if self._write_paused:
                 await self._writable.wait()
             core = self._core
             if self._error is not None or core is None or core.state is not _FULL_FEATURE:
@@ -428,6 +456,8 @@ class IscsiConnection(asyncio.Protocol):
                 attribute=attribute,
             )
             pending = self._await_tag(itt)
+            if self._busy_poll is not None and len(self._waiters) == 1:
+                self._busy_poll.wait_for_answer(self._fd, pending.done, self.data_received)
             event: CommandCompleted
             if timeouts is None:
                 event = await pending
@@ -461,7 +491,9 @@ class IscsiConnection(asyncio.Protocol):
     async def ping(self, data: bytes = b"") -> float:
         """NOP-Out round trip in seconds."""
         itt = self._core_ready().ping(data, now=self._loop.time())
-        rtt: float = await self._await_tag(itt)
+        pending = self._await_tag(itt)
+        self._arm_timer()  # its answer is due by the ping timeout, maybe before the timer
+        rtt: float = await pending
         return rtt
 
     async def task_management(
@@ -522,6 +554,7 @@ async def open_connection(
     *,
     login_timeout: float = DEFAULT_LOGIN_TIMEOUT,
     max_redirects: int = MAX_REDIRECTS,
+    busy_poll: BusyPoll | None = None,
 ) -> IscsiConnection:
     """Connect and log in, following login redirects (RFC 7143 section 11.13.5)."""
     loop = asyncio.get_running_loop()
@@ -530,7 +563,9 @@ async def open_connection(
         try:
             async with asyncio.timeout(login_timeout):
                 _, conn = await loop.create_connection(
-                    functools.partial(IscsiConnection, config, portal), portal.address, portal.port
+                    functools.partial(IscsiConnection, config, portal, busy_poll),
+                    portal.address,
+                    portal.port,
                 )
                 await conn.wait_logged_in()
                 return conn

@@ -25,6 +25,7 @@ import uvloop
 from pyiscsid.protocol.errors import ISCSIError
 
 from . import logs
+from .busypoll import BusyPoll
 from .config import DaemonConfig, load_config
 from .control import DEFAULT_SOCKET, ControlServer
 from .identity import load_or_create_initiator_name
@@ -133,8 +134,11 @@ async def _serve(
         for problem in nodedb.load():
             log.error("damaged record skipped", path=str(problem.path), reason=problem.message)
         _register_secrets(config, nodedb)
-        nbd = NbdServer()
-        supervisor = Supervisor(config, nodedb, initiator_name, logger=log, nbd=nbd)
+        busy_poll = BusyPoll(config.busy_poll) if config.busy_poll > 0 else None
+        nbd = NbdServer(busy_poll=busy_poll)
+        supervisor = Supervisor(
+            config, nodedb, initiator_name, logger=log, nbd=nbd, busy_poll=busy_poll
+        )
         server = ControlServer(supervisor.handle, control_group=config.control_group, logger=log)
         handed = activated_socket()
         if handed is not None:

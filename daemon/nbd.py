@@ -28,6 +28,7 @@ from pyiscsid.protocol.errors import ISCSIError
 
 from . import nbd_protocol as wire
 from .batching import IterationBatch
+from .busypoll import BusyPoll
 from .nbd_export import Export, NbdIOError, NbdRequestError, errno_for
 from .nbd_protocol import Command, CommandFlag, NbdProtocolError, Option, Reply
 from .nbd_protocol import TransmissionFlag as TF
@@ -93,6 +94,8 @@ class _Client:
         self.reader = reader
         self.writer = writer
         self.pid, self.uid = _peer_credentials(writer)
+        sock = writer.get_extra_info("socket")
+        self._fd = sock.fileno() if sock is not None else -1  # for busy polling
         self.export: Export | None = None
         self.export_name: str | None = None  # what the client opened, for clients()
         self.no_zeroes = False
@@ -339,6 +342,9 @@ class _Client:
         self.requests.discard(task)
         if len(self.requests) < MAX_IN_FLIGHT:
             self._room.set()
+        poll = self.server.busy_poll
+        if poll is not None and not self.requests and self._fd >= 0:
+            poll.wait_for_request(self._fd, self.reader.feed_data)  # read by _transmit
 
     def _check(self, export: Export, kind: int, offset: int, length: int) -> None:
         if kind in _WRITING and export.read_only:
@@ -438,8 +444,11 @@ class NbdServer:
     removing one hangs up the clients using it once their requests are answered.
     """
 
-    def __init__(self, exports: dict[str, Export] | None = None) -> None:
+    def __init__(
+        self, exports: dict[str, Export] | None = None, *, busy_poll: BusyPoll | None = None
+    ) -> None:
         self.exports: dict[str, Export] = exports if exports is not None else {}
+        self.busy_poll = busy_poll  # iscsid.busy_poll: also waits for a lone client's next request
         self._servers: list[asyncio.AbstractServer] = []
         self._clients: dict[asyncio.Task[None], _Client] = {}
         self._paths: list[str] = []

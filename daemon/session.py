@@ -17,6 +17,7 @@ from pyiscsid.protocol.discovery import Portal
 from pyiscsid.protocol.errors import ISCSIError
 from pyiscsid.protocol.login import random_isid
 
+from .busypoll import BusyPoll
 from .driver import CommandResult, IscsiConnection, open_connection
 from .escalation import TaskTimeouts
 from .recovery import Recovery, SessionState
@@ -104,6 +105,7 @@ class Session:
         chap_username: str | None = None,
         timeouts: dict[str, Any] | None = None,
         startup: str = "manual",
+        busy_poll: BusyPoll | None = None,
     ) -> None:
         self.sid = sid
         self.target = target
@@ -113,6 +115,7 @@ class Session:
         self.logout_timeout = logout_timeout
         self.chap_username = chap_username
         self.startup = startup  # node.startup: an onboot session is never logged out
+        self.busy_poll = busy_poll  # shared by the daemon's sessions (iscsid.busy_poll)
         self.timeouts = timeouts or {}
         self.task_timeouts = TaskTimeouts(
             command=float(self.timeouts.get("command_timeout", 30)),
@@ -145,7 +148,9 @@ class Session:
 
     async def _connect(self) -> IscsiConnection:
         """One login with this session's ISID and TSIH 0: a reconnect reinstates the session."""
-        return await open_connection(self.portal, self.config, login_timeout=self.login_timeout)
+        return await open_connection(
+            self.portal, self.config, login_timeout=self.login_timeout, busy_poll=self.busy_poll
+        )
 
     @staticmethod
     def new_isid() -> int:

@@ -373,6 +373,10 @@ _TABLE: tuple[Setting, ...] = (
             "least important log events written"),
     _yes_no("iscsid.safe_logout", "No",
             "refuse to log out of a session whose disk an NBD client is using"),
+    _number("iscsid.busy_poll", 0, 0, 1000,
+            "microseconds to read a connection in a loop for the answer to a command alone "
+            "in flight, instead of sleeping (as net.core.busy_poll): lower latency one "
+            "request at a time, for a CPU kept busy meanwhile; 0 = off"),
     _number("daemon.shutdown_timeout", 15, 1, 3600,
             "seconds to log out of every session at SIGTERM before giving up"),
     Setting("firmware.ibft_path", Kind.TEXT, "/sys/firmware/ibft",

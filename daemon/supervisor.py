@@ -19,6 +19,7 @@ from pyiscsid.protocol.discovery import Portal, parse_portal
 from pyiscsid.protocol.errors import ISCSIError
 
 from . import settings
+from .busypoll import BusyPoll
 from .config import DaemonConfig
 from .control import (
     Busy,
@@ -163,6 +164,7 @@ class Supervisor:
         *,
         logger: Any = None,
         nbd: NbdServer | None = None,
+        busy_poll: BusyPoll | None = None,
     ) -> None:
         self.config = config
         self.nbd = nbd  # serves each logged-in disk LUN
@@ -172,6 +174,7 @@ class Supervisor:
         self.sessions: dict[int, Session] = {}
         self._next_sid = 1
         self._busy: set[tuple[str, str]] = set()  # nodes with a login or logout under way
+        self.busy_poll = busy_poll  # shared with the NBD server (iscsid.busy_poll)
         self._started = time.monotonic()
         self._operations: dict[str, Callable[[dict[str, Any], Peer], Any]] = {
             "status": self._status,
@@ -374,6 +377,7 @@ class Supervisor:
             chap_username=chap.username if chap is not None else None,
             startup=record.startup,
             timeouts={name: settings.get_int(values, key) for name, key in _TIMEOUTS},
+            busy_poll=self.busy_poll,
         )
 
     async def _login_all(
