@@ -347,6 +347,22 @@ class IscsiConnection(asyncio.Protocol):
         self._batch.request(alone=alone)
         return future
 
+    async def _answer(self, itt: int) -> Any:
+        """The answer to ``itt`` (a ping, task management or text exchange)."""
+        pending = self._await_tag(itt)
+        try:
+            return await pending
+        except asyncio.CancelledError:
+            self._forget(itt)
+            raise
+
+    def _forget(self, itt: int) -> None:
+        """The caller stopped waiting for ``itt`` (a timeout cancelled it): it no longer
+        counts as in flight for :meth:`wait_idle` and busy polling, and an answer that still
+        comes is dropped."""
+        if self._waiters.pop(itt, None) is not None and self._busy_poll is not None:
+            self._busy_poll.outstanding -= 1
+
     def _watch(self, watch: _Watched) -> None:
         """Rescue the command if it is still unanswered at ``watch.deadline``.
 
@@ -459,19 +475,25 @@ class IscsiConnection(asyncio.Protocol):
             if self._busy_poll is not None and len(self._waiters) == 1:
                 self._busy_poll.wait_for_answer(self._fd, pending.done, self.data_received)
             event: CommandCompleted
-            if timeouts is None:
-                event = await pending
-            else:
-                watch = _Watched(self._loop.time() + timeouts.command, itt, lun, pending, timeouts)
-                self._watch(watch)
-                try:
+            try:
+                if timeouts is None:
                     event = await pending
-                except TaskAborted:
-                    if watch.rescue is not None:
-                        raise timed_out(lun, timeouts) from None
-                    raise
-                finally:
-                    self._watched.pop(itt, None)
+                else:
+                    watch = _Watched(
+                        self._loop.time() + timeouts.command, itt, lun, pending, timeouts
+                    )
+                    self._watch(watch)
+                    try:
+                        event = await pending
+                    except TaskAborted:
+                        if watch.rescue is not None:
+                            raise timed_out(lun, timeouts) from None
+                        raise
+                    finally:
+                        self._watched.pop(itt, None)
+            except asyncio.CancelledError:
+                self._forget(itt)
+                raise
             sense = _sense_or_none(event.sense) if event.sense else None
             result = CommandResult(event.status, sense, event.data, event.residual_count)
             if not (sense is not None and sense.is_unit_attention and sense.is_power_on_reset):
@@ -481,19 +503,18 @@ class IscsiConnection(asyncio.Protocol):
     async def wait_idle(self, timeout: float) -> bool:
         """Until no command, ping or exchange is outstanding; False if ``timeout`` ran out."""
         deadline = self._loop.time() + timeout
-        while self._waiters:
+        while waiting := [f for f in self._waiters.values() if not f.done()]:
             remaining = deadline - self._loop.time()
             if remaining <= 0:
                 return False
-            await asyncio.wait(list(self._waiters.values()), timeout=remaining)
+            await asyncio.wait(waiting, timeout=remaining)
         return True
 
     async def ping(self, data: bytes = b"") -> float:
         """NOP-Out round trip in seconds."""
         itt = self._core_ready().ping(data, now=self._loop.time())
-        pending = self._await_tag(itt)
         self._arm_timer()  # its answer is due by the ping timeout, maybe before the timer
-        rtt: float = await pending
+        rtt: float = await self._answer(itt)
         return rtt
 
     async def task_management(
@@ -502,7 +523,7 @@ class IscsiConnection(asyncio.Protocol):
         itt = self._core_ready().task_management(
             function, lun=lun_to_field(lun), referenced_task_tag=referenced_task_tag
         )
-        response: int = await self._await_tag(itt)
+        response: int = await self._answer(itt)
         return response
 
     async def text(
@@ -513,7 +534,7 @@ class IscsiConnection(asyncio.Protocol):
         itt = self._core_ready().send_text(pairs)
         try:
             async with asyncio.timeout(timeout):
-                answer: list[tuple[str, str]] = await self._await_tag(itt)
+                answer: list[tuple[str, str]] = await self._answer(itt)
         except TimeoutError:
             self.abort(f"no answer to a Text Request from {self.portal.address_port}")
             raise LoginTimeoutError(

@@ -15,7 +15,7 @@ from pyiscsid.protocol import scsi
 from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.discovery import parse_portal
 from pyiscsid.protocol.errors import CommandRejected
-from pyiscsid.protocol.pdu import RejectReason
+from pyiscsid.protocol.pdu import AsyncEvent, RejectReason
 from pyiscsid.protocol.pdu import TaskManagementFunction as TMF
 
 from tests.fake_target import FakeTarget
@@ -96,6 +96,23 @@ async def test_an_unanswered_abort_is_followed_by_a_lu_reset(target: FakeTarget)
         assert target.task_management == [TMF.ABORT_TASK, TMF.LOGICAL_UNIT_RESET]
         assert 2 * TIMEOUT <= took < 4 * TIMEOUT
         print(f"\nLU reset: command answered {took:.2f} s after it was sent")
+    finally:
+        await session.logout()
+
+
+async def test_a_timed_out_abort_does_not_count_as_in_flight(target: FakeTarget) -> None:
+    """The ABORT TASK given up on stays unanswered; a logout the target then asks for must
+    not wait for it (nor spin the loop until Parameter3 runs out, as it once did)."""
+    session = session_for(target)
+    await session.login()
+    try:
+        target.swallow = swallow_first_write_to(LBA)  # type: ignore[assignment]
+        target.ignore_task_management = {TMF.ABORT_TASK}
+        await write_through(session, target)
+        started = time.monotonic()
+        await target.send_async(AsyncEvent.LOGOUT_REQUESTED, parameter3=20)
+        await target.wait_until(lambda: target.logouts >= 1, timeout=10)
+        assert time.monotonic() - started < 5  # not the 19 s Parameter3 allows
     finally:
         await session.logout()
 
