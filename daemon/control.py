@@ -319,11 +319,29 @@ def parse_request(line: bytes) -> Request:
     request_id = obj.get("id")
     if not (request_id is None or _has_type(request_id, (int, str))):
         raise InvalidRequest(f"'id' must be an integer or a string, not {_json_type(request_id)}")
+    if not _is_utf8(request_id):
+        raise InvalidRequest("'id' is not valid UTF-8")
     try:
         return _validate(obj, request_id)
     except InvalidRequest as exc:
         exc.request_id = request_id
         raise
+
+
+def _is_utf8(value: Any) -> bool:
+    """False if a string in ``value``, nested or a key, holds a lone surrogate: JSON's
+    ``\\ud800`` escapes decode to strings that cannot be written as UTF-8 (a file, a reply)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return False
+        return True
+    if isinstance(value, dict):
+        return all(_is_utf8(k) and _is_utf8(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_is_utf8(v) for v in value)
+    return True
 
 
 def _reject_constant(name: str) -> Any:
@@ -333,6 +351,8 @@ def _reject_constant(name: str) -> Any:
 def _validate(obj: dict[str, Any], request_id: int | str | None) -> Request:
     if "v" not in obj:
         raise InvalidRequest(f"missing 'v': requests must say which API version, \"v\": {VERSION}")
+    if not all(_is_utf8(name) for name in obj):
+        raise InvalidRequest("a request field name is not valid UTF-8")
     version = obj["v"]
     if not _has_type(version, int) or version != VERSION:
         raise InvalidRequest(f'unsupported API version; this daemon speaks "v": {VERSION}')
@@ -344,6 +364,8 @@ def _validate(obj: dict[str, Any], request_id: int | str | None) -> Request:
     op = obj["op"]
     if not isinstance(op, str):
         raise InvalidRequest(f"'op' must be a string, not {_json_type(op)}")
+    if not _is_utf8(op):
+        raise InvalidRequest("'op' is not valid UTF-8")
     spec = OPERATIONS.get(op)
     if spec is None:
         raise InvalidRequest(f"unknown op {op!r}; known: {', '.join(OPERATIONS)}")
@@ -351,6 +373,10 @@ def _validate(obj: dict[str, Any], request_id: int | str | None) -> Request:
     if not isinstance(args, dict):
         raise InvalidRequest(f"{op}: 'args' must be an object, not {_json_type(args)}")
     for name, value in args.items():
+        if not _is_utf8(name):
+            raise InvalidRequest(f"{op}: an argument name is not valid UTF-8")
+        if not _is_utf8(value):
+            raise InvalidRequest(f"{op}: argument {name!r} is not valid UTF-8")
         arg = spec.args.get(name)
         if arg is None:
             known = ", ".join(spec.args) or "none"
@@ -809,12 +835,10 @@ def _remove_stale(path: Path) -> None:
 
 
 def _encode(reply: dict[str, Any]) -> bytes:
-    return (
-        json.dumps(reply, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode(
-            "utf-8"
-        )
-        + b"\n"
-    )
+    """One reply line. It cannot fail on text: a lone surrogate (a file name that is not
+    UTF-8, say) is written as its JSON escape ``\\udcff``, which keeps the line valid JSON."""
+    text = json.dumps(reply, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return text.encode("utf-8", errors="backslashreplace") + b"\n"
 
 
 def _encode_error(request_id: int | str | None, error: ControlError) -> bytes:

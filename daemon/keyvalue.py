@@ -23,7 +23,9 @@ class KeyValueSyntaxError(ValueError):
 def parse_lines(text: str) -> Iterator[tuple[int, str, str]]:
     """(line number, key, value) for each setting in ``text``, in order."""
     seen: dict[str, int] = {}
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: str.splitlines() would also split at U+2028, U+0085, \x1c and
+    # the like, cutting a value (a password) in two. A "\r" before it is stripped below.
+    for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue

@@ -93,6 +93,7 @@ _DISCOVERY_TYPES = ("send_targets", "static", "isns", "fw")
 _ST_TYPE = "discovery.type"
 _ST_ADDRESS = "discovery.sendtargets.address"
 _ST_PORT = "discovery.sendtargets.port"
+_KNOWN_KEYS = frozenset((*IDENTITY_KEYS, _ST_TYPE, _ST_ADDRESS, _ST_PORT, *settings.SETTINGS))
 
 
 class NodeDBError(ISCSIError):
@@ -561,7 +562,7 @@ class NodeDB:
             raise _Damaged(f"no {_NAME} line")
         if name != target_dir:
             raise _Damaged(
-                f"line {lines[_NAME]}: {_NAME} = {name} does not match its directory {target_dir}"
+                f"line {lines[_NAME]}: {_NAME} does not match its directory {target_dir}"
             )
         dir_address, _, rest = portal_dir.rpartition(",")
         dir_address, _, dir_port = dir_address.rpartition(",")
@@ -570,8 +571,7 @@ class NodeDB:
             got = values.pop(key, expected)
             if got != expected:
                 raise _Damaged(
-                    f"line {lines[key]}: {key} = {got} does not match the record's path "
-                    f"({expected})"
+                    f"line {lines[key]}: {key} does not match the record's path ({expected})"
                 )
         try:
             _check_target(name)
@@ -588,7 +588,7 @@ class NodeDB:
         disc_port = values.pop(_DISC_PORT, "0")
         if disc_type not in _DISCOVERY_TYPES:
             raise _Damaged(
-                f"line {lines[_DISC_TYPE]}: {_DISC_TYPE} = {disc_type}: expected one of "
+                f"line {lines[_DISC_TYPE]}: {_DISC_TYPE}: expected one of "
                 + ", ".join(_DISCOVERY_TYPES)
             )
         discovered = disc_type != "static"
@@ -611,13 +611,12 @@ class NodeDB:
         dir_address, _, dir_port = path.parent.name.rpartition(",")
         kind = values.pop(_ST_TYPE, "sendtargets")
         if kind != "sendtargets":
-            raise _Damaged(f"line {lines[_ST_TYPE]}: {_ST_TYPE} = {kind}: expected sendtargets")
+            raise _Damaged(f"line {lines[_ST_TYPE]}: {_ST_TYPE}: expected sendtargets")
         for key, expected in ((_ST_ADDRESS, dir_address), (_ST_PORT, dir_port)):
             got = values.pop(key, expected)
             if got != expected:
                 raise _Damaged(
-                    f"line {lines[key]}: {key} = {got} does not match the record's path "
-                    f"({expected})"
+                    f"line {lines[key]}: {key} does not match the record's path ({expected})"
                 )
         try:
             port = _int(dir_port, _ST_PORT)
@@ -645,22 +644,31 @@ def _merge(scope: Scope, given: Mapping[str, str]) -> dict[str, str]:
 
 
 def _settings_of(values: dict[str, str], lines: dict[str, int], scope: Scope) -> dict[str, str]:
-    """The settings among a record's remaining lines; anything else makes it damaged."""
+    """The settings among a record's remaining lines; anything else makes it damaged.
+
+    The message names the line, and the key only when it is a known one: an unknown "key"
+    or any value may be the tail of a password whose line was split.
+    """
     out: dict[str, str] = {}
     for key, value in values.items():
         spec = settings.SETTINGS.get(key)
-        if spec is None or spec.scope is not scope:
-            raise _Damaged(f"line {lines[key]}: unknown key {key}")
+        if spec is None:
+            raise _Damaged(f"line {lines[key]}: unknown key")
+        if spec.scope is not scope:
+            raise _Damaged(f"line {lines[key]}: {key} is not a {scope.value} setting")
         try:
             out[key] = spec.validate(value)
         except InvalidSetting as exc:
-            raise _Damaged(f"line {lines[key]}: {exc}") from None
+            # A text setting's check (CHAP algorithms, names) may quote part of the value.
+            quotes = spec.kind is settings.Kind.TEXT and spec.check is not None
+            reason = "not a valid value" if quotes else exc.reason
+            raise _Damaged(f"line {lines[key]}: {key}: {reason}") from None
     return out
 
 
 def _int(text: str, key: str) -> int:
     if not text.isdigit() or len(text) > 5:
-        raise _Damaged(f"{key} = {text}: expected a number")
+        raise _Damaged(f"{key}: expected a number")
     return int(text)
 
 
@@ -673,7 +681,10 @@ def _read_pid(fd: int) -> str:
 def _check_target(target: str) -> None:
     """An iSCSI name that is also safe as a directory name."""
     try:
+        target.encode("utf-8")
         check_iscsi_name(target, _NAME)
+    except UnicodeEncodeError:
+        raise InvalidSetting(_NAME, target, "is not valid UTF-8 text") from None
     except InvalidValue as exc:
         raise InvalidSetting(_NAME, target, exc.reason) from None
     if "/" in target or _CONTROL.search(target):
@@ -786,6 +797,9 @@ def _read_record(path: Path) -> tuple[dict[str, str], dict[str, int]]:
             values[key] = "" if value == EMPTY else value
             lines[key] = number
     except KeyValueSyntaxError as exc:
+        if exc.key is not None and exc.key not in _KNOWN_KEYS:
+            # Not a key we know: it may be the tail of a split password line.
+            raise _Damaged(f"line {exc.line}: an unknown key given twice") from None
         raise _Damaged(f"line {exc.line}: {exc}") from None
     return values, lines
 
@@ -811,6 +825,8 @@ def _write_record(path: Path, lines: list[tuple[str, str]], root: Path) -> None:
         _fsync_dir(path.parent)
     except OSError as exc:
         raise NodeDBError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except UnicodeEncodeError:
+        raise NodeDBError(f"cannot write {path}: a value is not valid UTF-8 text") from None
 
 
 def _make_dirs(directory: Path, root: Path) -> None:

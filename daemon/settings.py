@@ -58,7 +58,10 @@ EMPTY = "<empty>"
 _MAX_TEXT = 255  # open-iscsi keeps CHAP names and secrets in 256-byte buffers
 _MAX_LENGTH = 2**24 - 1  # RFC 7143 sections 13.12-13.14: 512 to 2**24-1
 _WHOLE = re.compile(r"[+-]?[0-9]{1,10}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters, and every other character str.splitlines() ends a line at (NEL,
+# U+2028, U+2029): such a value would split its line in a node record or iscsid.conf.
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # not text: cannot be written as UTF-8
 _GROUP = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|[0-9]{1,10}")
 
 
@@ -76,6 +79,9 @@ class InvalidSetting(ISCSIError, ValueError):
         self.key = key
         self.reason = reason
         shown = value is not None and key in SETTINGS and not SETTINGS[key].secret
+        # A control character or line break would break a log line or a terminal; a lone
+        # surrogate cannot be written at all.
+        shown = shown and not (_CONTROL.search(value or "") or _SURROGATE.search(value or ""))
         self.value = value if shown else None
         if shown and value is not None:
             text = value if len(value) <= 60 else value[:57] + "..."
@@ -144,7 +150,11 @@ class Setting:
             if value == EMPTY:
                 return ""
             if _CONTROL.search(value):
-                raise InvalidSetting(self.key, value, "must not contain control characters")
+                raise InvalidSetting(
+                    self.key, value, "must not contain control characters or line breaks"
+                )
+            if _SURROGATE.search(value):
+                raise InvalidSetting(self.key, value, "is not valid UTF-8 text")
             if self.check is not None:
                 return value.strip()  # a list or a name: the check writes it canonically
             if value != value.strip():
