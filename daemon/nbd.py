@@ -19,6 +19,7 @@ import ipaddress
 import os
 import socket
 import struct
+from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, cast
@@ -38,10 +39,76 @@ log = structlog.get_logger("pyiscsid.nbd")
 MAX_IN_FLIGHT = 64  # requests per client; the reader stops reading beyond this
 READ_CHUNK = 256 * 1024  # bytes read from a client at once
 DRAIN_TIMEOUT = 10.0  # seconds a leaving client gets to take its last replies
+# Payload bytes (read data, write data) held for requests, from the moment their header is
+# read until their reply has left for the socket. Without a limit, MAX_IN_FLIGHT reads of
+# 32 MiB made one client that never reads its replies cost the daemon 2 GiB, and every
+# further connection as much again. A request that would go beyond a limit waits (the
+# client is not read from meanwhile: back-pressure, not an error); one larger than a limit
+# on its own is served once nothing else is held.
+CLIENT_BYTES_IN_FLIGHT = 64 << 20  # per client: two 32 MiB requests, or many small ones
+SERVER_BYTES_IN_FLIGHT = 256 << 20  # over all clients: what the daemon may hold for NBD
+# Seconds from connect() until a client has chosen its export (NBD_OPT_GO or
+# NBD_OPT_EXPORT_NAME): real clients take milliseconds; one that stalls in the option
+# haggling would otherwise hold its connection (and a place under MAX_CLIENTS) forever.
+HANDSHAKE_TIMEOUT = 30.0
+# Connections served at once (negotiating or transmitting); beyond this, a new one is
+# closed at once. Every connection costs buffers and tasks; a real host has a few per disk.
+MAX_CLIENTS = 256
 BASE_ALLOCATION_ID = 1  # our id for base:allocation in NBD_REP_META_CONTEXT and block status
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _WRITING = frozenset({Command.WRITE, Command.WRITE_ZEROES, Command.TRIM})
+_PAYLOAD = frozenset({Command.READ, Command.WRITE})  # the commands that carry data
 _FUA = int(CommandFlag.FUA)  # an int: ``int & IntFlag`` runs Flag.__and__ in Python
+
+
+class _Budget:
+    """Bytes that may be held at once, handed out in the order asked for. A request that
+    would go beyond ``limit`` waits; one larger than ``limit`` on its own gets it once
+    nothing is held, so it is served alone rather than never."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    def _fits(self, size: int) -> bool:
+        return not self.held or self.held + size <= self.limit
+
+    def try_take(self, size: int) -> bool:
+        """Take ``size`` now if it fits and nobody waits before us."""
+        if self._waiters or not self._fits(size):
+            return False
+        self.held += size
+        return True
+
+    async def take(self, size: int) -> None:
+        if self.try_take(size):
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (size, waiter)
+        self._waiters.append(entry)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give(size)  # granted, but we were cancelled before we could use it
+            else:
+                self._waiters.remove(entry)
+                self._wake()  # we may have been the one the others waited behind
+            raise
+
+    def give(self, size: int) -> None:
+        self.held -= size
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            size, waiter = self._waiters[0]
+            if not self._fits(size):
+                return
+            self._waiters.popleft()
+            self.held += size
+            waiter.set_result(None)
 
 
 @dataclass(frozen=True)
@@ -110,6 +177,14 @@ class _Client:
         self._loop = asyncio.get_running_loop()
         self._replies: list[bytes | bytearray | memoryview] = []  # to write this iteration
         self._batch = IterationBatch(self._loop, self._flush_replies)
+        # Payload bytes held for this client's requests (CLIENT_BYTES_IN_FLIGHT), taken from
+        # the server's budget too. A request's bytes are given back once its reply has left
+        # for the socket: those of the replies in _replies, then of replies written but
+        # still in the transport's buffer (given back by _release_when_sent).
+        self._budget = _Budget(CLIENT_BYTES_IN_FLIGHT)
+        self._queued_bytes = 0
+        self._unsent_bytes = 0
+        self._releaser: asyncio.Task[None] | None = None
         self.log = log.bind(peer_pid=self.pid, peer_uid=self.uid) if self.uid is not None else log
 
     def info(self) -> NbdClientInfo:
@@ -117,12 +192,16 @@ class _Client:
 
     async def run(self) -> None:
         try:
-            self.writer.write(wire.server_greeting())
-            (client_flags,) = struct.unpack(">I", await self.reader.readexactly(4))
-            if client_flags & ~int(wire.ClientFlag.FIXED_NEWSTYLE | wire.ClientFlag.NO_ZEROES):
-                raise NbdProtocolError(f"unknown client flags 0x{client_flags:x}")
-            self.no_zeroes = bool(client_flags & wire.ClientFlag.NO_ZEROES)
-            if await self._haggle():
+            try:
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                    chosen = await self._handshake()
+            except TimeoutError:
+                self.log.warning(
+                    "nbd client dropped",
+                    reason=f"no export chosen within {HANDSHAKE_TIMEOUT:g} seconds",
+                )
+                return
+            if chosen:
                 await self._transmit()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the client went away; its requests finish on their own
@@ -131,22 +210,91 @@ class _Client:
         finally:
             self.writer.close()
 
+    async def _handshake(self) -> bool:
+        """The greeting, then options until one moves to transmission (True) or the client
+        gives up (False)."""
+        self.writer.write(wire.server_greeting())
+        (client_flags,) = struct.unpack(">I", await self.reader.readexactly(4))
+        if client_flags & ~int(wire.ClientFlag.FIXED_NEWSTYLE | wire.ClientFlag.NO_ZEROES):
+            raise NbdProtocolError(f"unknown client flags 0x{client_flags:x}")
+        self.no_zeroes = bool(client_flags & wire.ClientFlag.NO_ZEROES)
+        return await self._haggle()
+
     def _send(self, *parts: bytes | bytearray | memoryview) -> None:
         if not self.writer.is_closing():
             self.writer.writelines(parts)
 
-    def _reply(self, *parts: bytes | bytearray | memoryview) -> None:
+    def _reply(self, *parts: bytes | bytearray | memoryview, charge: int = 0) -> None:
         """Queue a reply to a request, written with the others of this loop iteration
-        (:mod:`batching`); a lone request's at once."""
+        (:mod:`batching`); a lone request's at once. ``charge``: the request's payload
+        bytes, given back once the reply has left."""
         if self.writer.is_closing():
+            self._give(charge)
             return
         self._replies.extend(parts)
+        self._queued_bytes += charge
         self._batch.request(alone=len(self.requests) <= 1)
 
     def _flush_replies(self) -> None:
         replies, self._replies = self._replies, []
-        if replies and not self.writer.is_closing():
+        charge, self._queued_bytes = self._queued_bytes, 0
+        if self.writer.is_closing():
+            self._give(charge)
+            return
+        if replies:
             self.writer.writelines(replies)
+        if charge:
+            self._unsent_bytes += charge
+            if self._sent():
+                self._give(self._unsent_bytes)
+                self._unsent_bytes = 0
+            elif self._releaser is None:
+                self._releaser = self._loop.create_task(self._release_when_sent())
+
+    def _sent(self) -> bool:
+        """The replies written have left, bar what the transport holds below its
+        high-water mark (where it stops asking writers to wait)."""
+        transport = self.writer.transport
+        return transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
+
+    async def _release_when_sent(self) -> None:
+        """Give back the bytes of replies in the transport's buffer as the client takes them
+        (a client that does not read its replies keeps them, and is not read from)."""
+        try:
+            while self._unsent_bytes:
+                await self.writer.drain()
+                if self._sent():
+                    self._give(self._unsent_bytes)
+                    self._unsent_bytes = 0
+        except OSError:
+            pass  # the connection is gone, and its buffer with it
+        finally:
+            self._give(self._unsent_bytes)
+            self._unsent_bytes = 0
+            self._releaser = None
+
+    def _try_take(self, charge: int) -> bool:
+        """Take ``charge`` bytes from the client's budget and the server's, if both have it
+        now (the common case, without a wait)."""
+        if not self._budget.try_take(charge):
+            return False
+        if self.server.budget.try_take(charge):
+            return True
+        self._budget.give(charge)
+        return False
+
+    async def _take(self, charge: int) -> None:
+        await self._budget.take(charge)
+        try:
+            await self.server.budget.take(charge)
+        except BaseException:
+            self._budget.give(charge)
+            raise
+
+    def _give(self, charge: int) -> None:
+        if charge:
+            self._budget.give(charge)
+            self.server.budget.give(charge)
 
     def _refuse(self, option: int, reply: Reply, message: str) -> None:
         self._send(wire.option_error(option, reply, message))
@@ -279,7 +427,9 @@ class _Client:
         return True
 
     async def _transmit(self) -> None:
-        """Read requests and start each as a task; at most MAX_IN_FLIGHT run at once.
+        """Read requests and start each as a task; at most MAX_IN_FLIGHT run at once, and
+        the payload bytes of a read or write are taken from the budgets (CLIENT_ and
+        SERVER_BYTES_IN_FLIGHT) before its data is allocated or its payload read.
 
         Requests are cut from whatever the socket delivered (one ``read`` brings many when
         the client keeps many in flight), not read one ``readexactly`` at a time.
@@ -288,6 +438,7 @@ class _Client:
         export = self.export
         header = wire.REQUEST
         pending = bytearray()
+        taken = 0  # bytes taken for the write at the head of ``pending``, its payload awaited
         try:
             while True:
                 used = 0
@@ -295,10 +446,19 @@ class _Client:
                     magic, flags, kind, cookie, offset, length = header.unpack_from(pending, used)
                     if magic != wire.REQUEST_MAGIC:
                         raise NbdProtocolError(f"bad request magic 0x{magic:x}")
+                    if kind == Command.WRITE and length > wire.MAX_PAYLOAD:
+                        raise NbdProtocolError(f"write of {length} bytes is beyond 32 MiB")
+                    # (a read beyond 32 MiB fails without allocating: nothing to take)
+                    big = kind == Command.READ and length > wire.MAX_PAYLOAD
+                    if not taken and kind in _PAYLOAD and not big:
+                        if length and not self._try_take(length):
+                            await self._take(length)
+                            if self.writer.is_closing():  # it left while we waited: its
+                                self._give(length)  # later requests go unserved
+                                return
+                        taken = length
                     payload = None
                     if kind == Command.WRITE:
-                        if length > wire.MAX_PAYLOAD:
-                            raise NbdProtocolError(f"write of {length} bytes is beyond 32 MiB")
                         start = used + header.size
                         if len(pending) - start < length:
                             break  # the rest of the payload is still on its way
@@ -312,8 +472,9 @@ class _Client:
                     # loop.create_task: asyncio.create_task asks for the running loop, a
                     # getpid() system call per request on Python 3.11.
                     task = self._loop.create_task(
-                        self._handle(export, flags, kind, cookie, offset, length, payload)
+                        self._handle(export, flags, kind, cookie, offset, length, payload, taken)
                     )
+                    taken = 0
                     self.requests.add(task)
                     task.add_done_callback(self._finished)
                 del pending[:used]
@@ -329,14 +490,18 @@ class _Client:
                     raise asyncio.IncompleteReadError(bytes(pending), None)
                 pending += chunk
         finally:
+            self._give(taken)
             # The spec asks that requests sent before NBD_CMD_DISC complete; for a client
             # that vanished they complete into a closed socket, which is harmless.
             if self.requests:
                 await asyncio.gather(*self.requests, return_exceptions=True)
             self._flush_replies()
-            with contextlib.suppress(ConnectionError, TimeoutError):
-                async with asyncio.timeout(DRAIN_TIMEOUT):  # a client that stopped reading
-                    await self.writer.drain()
+            with contextlib.suppress(ConnectionError):
+                try:
+                    async with asyncio.timeout(DRAIN_TIMEOUT):
+                        await self.writer.drain()
+                except TimeoutError:  # a client that stopped reading: its replies go
+                    self.writer.transport.abort()
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self.requests.discard(task)
@@ -374,7 +539,10 @@ class _Client:
         offset: int,
         length: int,
         payload: memoryview | None,
+        charge: int = 0,
     ) -> None:
+        """Serve one request; ``charge``: its bytes taken from the budgets, given back
+        once its reply has left."""
         data: bytes | bytearray | memoryview = b""
         failure: NbdRequestError | None = None
         fua = bool(flags & _FUA)
@@ -414,27 +582,31 @@ class _Client:
             failure = exc
         except (ISCSIError, OSError) as exc:  # from an Export that does not say where
             failure = NbdIOError(errno_for(exc, kind in _WRITING), str(exc))
+        except BaseException:  # cancelled (close()), or a bug: there is no reply
+            self._give(charge)
+            raise
         if failure is not None:
             if isinstance(failure, NbdIOError):
                 self.log.warning(
                     "nbd request failed", export=export.name, command=kind, offset=offset,
                     length=length, error=str(failure),
                 )  # fmt: skip
-            self._send_error(cookie, failure)
+            self._send_error(cookie, failure, charge)
         elif not self.structured:
-            self._reply(wire.simple_reply(cookie), data)
+            self._reply(wire.simple_reply(cookie), data, charge=charge)
         elif kind == Command.READ and length:
-            self._reply(wire.offset_data_header(cookie, offset, len(data)), data)
+            self._reply(wire.offset_data_header(cookie, offset, len(data)), data, charge=charge)
         elif kind == Command.BLOCK_STATUS:  # every block is allocated, contents unknown
             self._reply(wire.block_status(cookie, BASE_ALLOCATION_ID, [(length, 0)]))
         else:
-            self._reply(wire.structured_none(cookie))
+            self._reply(wire.structured_none(cookie), charge=charge)
 
-    def _send_error(self, cookie: int, failure: NbdRequestError) -> None:
+    def _send_error(self, cookie: int, failure: NbdRequestError, charge: int) -> None:
         if not self.structured:
-            self._reply(wire.simple_reply(cookie, failure.error))
+            self._reply(wire.simple_reply(cookie, failure.error), charge=charge)
             return
-        self._reply(wire.structured_error(cookie, failure.error, str(failure), failure.offset))
+        error = wire.structured_error(cookie, failure.error, str(failure), failure.offset)
+        self._reply(error, charge=charge)
 
 
 class NbdServer:
@@ -453,12 +625,21 @@ class NbdServer:
         self._clients: dict[asyncio.Task[None], _Client] = {}
         self._paths: list[str] = []
         self._left = asyncio.Event()  # set whenever a client has gone
+        self.budget = _Budget(SERVER_BYTES_IN_FLIGHT)  # payload bytes, over all clients
+        self._refused = 0  # connections refused since MAX_CLIENTS was reached
 
     @property
     def in_flight(self) -> int:
         """Requests being served now, over all clients (for status, and tests that must
         catch a transfer in the middle)."""
         return sum(len(client.requests) for client in self._clients.values())
+
+    @property
+    def bytes_in_flight(self) -> int:
+        """Payload bytes held for requests now, over all clients: from a request's header
+        until its reply has left for the socket (at most SERVER_BYTES_IN_FLIGHT, or one
+        larger request alone)."""
+        return self.budget.held
 
     @property
     def unix_path(self) -> str | None:
@@ -484,6 +665,12 @@ class NbdServer:
                 client.reader.feed_eof()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._clients) >= MAX_CLIENTS:
+            if not self._refused:  # once until there is room again, not per connection
+                log.warning("nbd connections refused: too many clients", limit=MAX_CLIENTS)
+            self._refused += 1
+            writer.transport.abort()
+            return
         client = _Client(self, reader, writer)
         task = asyncio.current_task()
         assert task is not None
@@ -495,6 +682,9 @@ class NbdServer:
         finally:
             del self._clients[task]
             self._left.set()
+            if self._refused:
+                log.info("nbd connections accepted again", refused=self._refused)
+                self._refused = 0
 
     async def start_unix(self, path: str | os.PathLike[str], mode: int = 0o660) -> None:
         """Listen on a Unix socket, replacing a stale one left by an earlier daemon (the

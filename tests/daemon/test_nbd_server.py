@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from pyiscsid.daemon import nbd
 from pyiscsid.daemon import nbd_protocol as wire
 from pyiscsid.daemon.nbd import NbdClientInfo, NbdServer
 from pyiscsid.daemon.nbd_export import NbdIOError
@@ -643,3 +644,236 @@ async def test_a_removed_export_stops_reading_yet_answers_what_it_took(
     assert served.disk.data[: 4 * KiB] == b"\x5a" * 4 * KiB
     assert not [r for r in caplog.records if r.name == "asyncio" and r.levelname == "ERROR"]
     client.writer.close()
+
+
+# ------------------------------------------------------------------ what a client may cost
+
+MiB = 1024 * KiB
+
+
+@dataclass
+class GatedExport(MemoryExport):
+    """Reads wait at ``gate`` once started; ``most`` is how many ran at once, and
+    ``started`` is set once ``expected`` of them run together."""
+
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    expected: int = 1
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    running: int = 0
+    most: int = 0
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self.running += 1
+        self.most = max(self.most, self.running)
+        if self.running >= self.expected:
+            self.started.set()
+        try:
+            await self.gate.wait()
+            return await super().read(offset, length)
+        finally:
+            self.running -= 1
+
+
+@contextlib.asynccontextmanager
+async def serving(public_dir: Path, disk: MemoryExport) -> AsyncIterator[NbdServer]:
+    """A server of ``disk`` alone, built after the test set the limits it wants."""
+    server = NbdServer({DISK: disk})
+    await server.start_unix(public_dir / "limits.sock")
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def any_simple_replies(client: RawClient, lengths: dict[int, int]) -> dict[int, bytes]:
+    """Simple replies to the reads ``lengths`` (cookie -> length), in whatever order they
+    come: cookie -> data."""
+    got = {}
+    async with asyncio.timeout(TIMEOUT):
+        while len(got) < len(lengths):
+            magic, error, cookie = wire.SIMPLE_REPLY.unpack(await client.reader.readexactly(16))
+            assert (magic, error) == (wire.SIMPLE_REPLY_MAGIC, 0)
+            got[cookie] = await client.reader.readexactly(lengths[cookie])
+    return got
+
+
+async def test_a_client_s_reads_wait_for_its_byte_budget_yet_pipeline(
+    public_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Eight 512 KiB reads at once against a 1 MiB budget per client: two run at a time,
+    the others wait for their bytes (not refused), and every one is answered."""
+    monkeypatch.setattr(nbd, "CLIENT_BYTES_IN_FLIGHT", 1 * MiB)
+    disk = GatedExport(DISK, size=4 * MiB, expected=2)
+    disk.data[:] = os.urandom(disk.size)
+    async with serving(public_dir, disk) as server:
+        client = await RawClient.connect(public_dir / "limits.sock")
+        try:
+            await client.go()
+            for cookie in range(8):
+                client.request(Command.READ, cookie * 512 * KiB, 512 * KiB, cookie)
+            async with asyncio.timeout(TIMEOUT):
+                await disk.started.wait()
+            disk.gate.set()
+            got = await any_simple_replies(client, dict.fromkeys(range(8), 512 * KiB))
+            assert disk.most == 2
+            for cookie, data in got.items():
+                assert data == disk.data[cookie * 512 * KiB : (cookie + 1) * 512 * KiB]
+            await until(lambda: server.bytes_in_flight == 0)
+        finally:
+            await client.close()
+
+
+async def test_a_read_larger_than_the_budget_is_served_alone(
+    public_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nbd, "CLIENT_BYTES_IN_FLIGHT", 1 * MiB)
+    disk = GatedExport(DISK, size=4 * MiB, expected=1)
+    disk.data[:] = os.urandom(disk.size)
+    async with serving(public_dir, disk):
+        client = await RawClient.connect(public_dir / "limits.sock")
+        try:
+            await client.go()
+            lengths = {1: 512 * KiB, 2: 2 * MiB, 3: 512 * KiB}
+            for cookie, length in lengths.items():
+                client.request(Command.READ, 0, length, cookie)
+            async with asyncio.timeout(TIMEOUT):
+                await disk.started.wait()
+            disk.gate.set()
+            got = await any_simple_replies(client, lengths)
+            assert disk.most == 1
+            assert got == {cookie: disk.data[:length] for cookie, length in lengths.items()}
+        finally:
+            await client.close()
+
+
+async def test_a_client_that_does_not_read_its_replies_holds_only_its_budget(
+    public_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hostile client: many big reads, replies never taken. Its bytes stay counted
+    until its replies leave, so it gets no further reads done (each cost the daemon a
+    buffer: 64 x 32 MiB made 2 GiB); once it reads again, everything is answered."""
+    monkeypatch.setattr(nbd, "CLIENT_BYTES_IN_FLIGHT", 1 * MiB)
+    disk = MemoryExport(DISK, size=1 * MiB)
+    disk.data[:] = os.urandom(disk.size)
+    async with serving(public_dir, disk) as server:
+        client = await RawClient.connect(public_dir / "limits.sock")
+        try:
+            await client.go()
+            client.writer.transport.pause_reading()  # from here on the client reads nothing
+            for cookie in range(16):
+                client.request(Command.READ, 0, 512 * KiB, cookie)
+            await until(lambda: disk.reads >= 2 and not server.in_flight)
+            assert disk.reads == 2
+            assert server.bytes_in_flight == 1 * MiB  # its replies wait in the socket
+            client.writer.transport.resume_reading()
+            got = await any_simple_replies(client, dict.fromkeys(range(16), 512 * KiB))
+            assert set(got.values()) == {bytes(disk.data[: 512 * KiB])}
+            assert disk.reads == 16
+            await until(lambda: server.bytes_in_flight == 0)
+        finally:
+            await client.close()
+
+
+async def test_requests_waiting_for_budget_when_their_client_leaves_are_not_served(
+    public_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nobody would take their replies: reading 32 MiB each for a gone client kept the
+    daemon busy and its memory high long after the hostile client closed."""
+    monkeypatch.setattr(nbd, "CLIENT_BYTES_IN_FLIGHT", 1 * MiB)
+    disk = MemoryExport(DISK, size=1 * MiB)
+    async with serving(public_dir, disk) as server:
+        client = await RawClient.connect(public_dir / "limits.sock")
+        await client.go()
+        client.writer.transport.pause_reading()
+        for cookie in range(16):
+            client.request(Command.READ, 0, 512 * KiB, cookie)
+        await until(lambda: disk.reads >= 2 and not server.in_flight)
+        client.writer.transport.abort()
+        await until(lambda: not server.clients())
+        assert disk.reads == 2
+        assert server.bytes_in_flight == 0
+
+
+async def test_all_clients_together_wait_for_the_server_s_byte_budget(
+    public_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nbd, "SERVER_BYTES_IN_FLIGHT", 1 * MiB)
+    disk = GatedExport(DISK, size=4 * MiB, expected=2)
+    async with serving(public_dir, disk):
+        clients = [await RawClient.connect(public_dir / "limits.sock") for _ in range(2)]
+        try:
+            for client in clients:
+                await client.go()
+                for cookie in range(4):
+                    client.request(Command.READ, cookie * 512 * KiB, 512 * KiB, cookie)
+            async with asyncio.timeout(TIMEOUT):
+                await disk.started.wait()
+            disk.gate.set()
+            for client in clients:
+                await any_simple_replies(client, dict.fromkeys(range(4), 512 * KiB))
+            assert disk.most == 2
+        finally:
+            for client in clients:
+                await client.close()
+
+
+async def test_a_client_stalling_in_the_handshake_is_dropped(
+    public_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that chooses no export within HANDSHAKE_TIMEOUT is hung up on with a
+    warning; one that did is not, however long it then stays."""
+    monkeypatch.setattr(nbd, "HANDSHAKE_TIMEOUT", 0.5)
+    disk = MemoryExport(DISK)
+    with structlog.testing.capture_logs() as logs:
+        async with serving(public_dir, disk) as server:
+            working = await RawClient.connect(public_dir / "limits.sock")
+            stalling = await RawClient.connect(public_dir / "limits.sock")
+            try:
+                await working.go()
+                await stalling.option(Option.LIST)  # then nothing
+                async with asyncio.timeout(TIMEOUT):
+                    assert await stalling.reader.read() == b""
+                await until(lambda: len(server.clients()) == 1)
+                working.request(Command.READ, 0, 512, cookie=1)  # older than the timeout
+                assert await working.simple_reply(1, 512) == (0, bytes(512))
+            finally:
+                await working.close()
+                await stalling.close()
+    (warning,) = [e for e in logs if e["log_level"] == "warning"]
+    assert warning["event"] == "nbd client dropped"
+    assert "no export chosen within 0.5 seconds" in warning["reason"]
+
+
+async def test_connections_beyond_max_clients_are_closed(
+    public_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nbd, "MAX_CLIENTS", 2)
+    path = public_dir / "limits.sock"
+
+    async def refused() -> bool:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                return await reader.read(18) == b""  # no greeting: hung up on
+        finally:
+            writer.close()
+
+    with structlog.testing.capture_logs() as logs:
+        async with serving(public_dir, MemoryExport(DISK)) as server:
+            first = await RawClient.connect(path)
+            second = await RawClient.connect(path)
+            try:
+                await first.go()
+                assert await refused() and await refused()
+                await first.close()
+                await until(lambda: len(server.clients()) == 1)
+                third = await RawClient.connect(path)  # room again
+                await third.go()
+                await third.close()
+            finally:
+                await first.close()
+                await second.close()
+    warnings = [e for e in logs if e["log_level"] == "warning"]
+    assert [(e["event"], e["limit"]) for e in warnings] == [
+        ("nbd connections refused: too many clients", 2)  # once, not per connection
+    ]
