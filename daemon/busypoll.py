@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 
 READ_SIZE = 262144  # as much as uvloop reads at once
+MAX_HOLD = 0.001  # seconds the loop may go without running while answers come by polling
 MAX_SKIP = 64  # polls skipped after misses in a row, at most
 
 
@@ -59,6 +60,7 @@ class BusyPoll:
         self.misses = 0  # polls that ran out
         self._answers = _Backoff()
         self._requests = _Backoff()
+        self._held_since: float | None = None  # first answer polled since the loop last ran
 
     def wait_for_answer(
         self, fd: int, answered: Callable[[], bool], feed: Callable[[bytes], None]
@@ -66,6 +68,19 @@ class BusyPoll:
         """After sending a command: read ``fd`` into ``feed`` until ``answered()``."""
         if self.outstanding == 1 and self._answers.allows():
             self._answers.record(self._spin(fd, answered, feed))
+
+    def must_yield(self) -> bool:
+        """After an answer came by polling, the caller goes on without the event loop
+        running; True once that has lasted MAX_HOLD, when the caller must let it run (a
+        task issuing commands one after another would starve every other one)."""
+        now = time.perf_counter()
+        if self._held_since is None:
+            self._held_since = now
+            return False
+        if now - self._held_since < MAX_HOLD:
+            return False
+        self._held_since = None
+        return True
 
     def wait_for_request(self, fd: int, feed: Callable[[bytes], None]) -> None:
         """After replying to an NBD client: read its next request's first bytes into

@@ -474,6 +474,8 @@ class IscsiConnection(asyncio.Protocol):
             pending = self._await_tag(itt)
             if self._busy_poll is not None and len(self._waiters) == 1:
                 self._busy_poll.wait_for_answer(self._fd, pending.done, self.data_received)
+                if pending.done() and self._busy_poll.must_yield():
+                    await asyncio.sleep(0)  # answered without the loop running, for too long
             event: CommandCompleted
             try:
                 if timeouts is None:

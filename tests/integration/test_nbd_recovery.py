@@ -173,10 +173,14 @@ async def test_frozen_target_is_invisible_to_the_nbd_client(
     assert await reconnects(daemon) == 1
 
 
+@pytest.mark.parametrize("busy_poll", [0, 1000], ids=["sleeping", "busy_poll"])
 async def test_dropped_connection_is_invisible_to_the_nbd_client(
-    tgt: TgtDisk, make_daemon: list[Daemon], tmp_path: Path
+    tgt: TgtDisk, make_daemon: list[Daemon], tmp_path: Path, busy_poll: int
 ) -> None:
-    daemon = await logged_in(tgt, make_daemon, tmp_path / "daemon", FAST_PINGS)
+    """qemu-io has one request in flight at a time: with ``iscsid.busy_poll`` the daemon
+    polls for both the target's answers and qemu-io's requests, across the drop too."""
+    config = FAST_PINGS + f"iscsid.busy_poll = {busy_poll}\n"
+    daemon = await logged_in(tgt, make_daemon, tmp_path / "daemon", config)
     async with workload_across_a_fault(daemon, tgt):
         (nexus,) = await asyncio.to_thread(tgt.sessions)
         await asyncio.to_thread(tgt.target.drop_connection, tgt.tid, nexus.sid)
