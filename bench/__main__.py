@@ -59,6 +59,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"only these workloads: {', '.join(w.key for w in WORKLOADS)}",
     )
     parser.add_argument("--quick", action="store_true", help="a smoke test: short and small")
+    parser.add_argument(
+        "--busy-poll",
+        type=int,
+        default=0,
+        metavar="US",
+        help="iscsid.busy_poll for the daemon and the session API (0, off, as by default)",
+    )
     parser.add_argument("--seconds", type=int, help="per workload and path (5; quick 1)")
     parser.add_argument("--login-rounds", type=int, help="login rounds per initiator (20; 3)")
     parser.add_argument("--move-mib", type=int, help="MiB written, then read (1024; 64)")
@@ -115,9 +122,11 @@ def run(args: argparse.Namespace) -> list[str]:
             paths += [p for p in PATHS[part] if p not in paths]
     with Rig() as rig:
         out.append(f"tgtd {rig.portal}; LUN {DISK >> 30} GiB sparse; parts: {' '.join(args.parts)}")
+        if args.busy_poll:
+            out.append(f"iscsid.busy_poll = {args.busy_poll} us (session API and daemon)")
         print(out[-1], file=sys.stderr, flush=True)
         if paths:
-            rows = throughput.run(rig, paths, args.workloads, args.seconds)
+            rows = throughput.run(rig, paths, args.workloads, args.seconds, args.busy_poll)
             out += ["", *fmt.throughput(rows, args.seconds)]
         one_in_flight = [w for w in args.workloads if w.in_flight == 1]
         if "placement" in args.parts and one_in_flight:

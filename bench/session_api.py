@@ -8,6 +8,7 @@ import random
 import time
 
 import uvloop
+from pyiscsid.daemon.busypoll import BusyPoll
 from pyiscsid.daemon.driver import discover
 from pyiscsid.daemon.session import Session
 from pyiscsid.protocol import scsi
@@ -20,15 +21,30 @@ from .workloads import SECTOR, Run, Workload
 INITIATOR = "iqn.2026-11.bench.pyiscsid:session-api"
 
 
-def _session(portal: str, target: str) -> Session:
+def _session(portal: str, target: str, busy_poll: float = 0.0) -> Session:
+    """``busy_poll``: seconds, as the daemon's ``iscsid.busy_poll`` (0: off, the default)."""
     config = ConnectionConfig(INITIATOR, target, isid=Session.new_isid(), noop_out_interval=0)
-    return Session(1, target, parse_portal(portal), config, login_timeout=10, logout_timeout=10)
+    return Session(
+        1,
+        target,
+        parse_portal(portal),
+        config,
+        login_timeout=10,
+        logout_timeout=10,
+        busy_poll=BusyPoll(busy_poll) if busy_poll > 0 else None,
+    )
 
 
 async def _run(
-    portal: str, target: str, lun: int, disk: int, workload: Workload, seconds: float
+    portal: str,
+    target: str,
+    lun: int,
+    disk: int,
+    workload: Workload,
+    seconds: float,
+    busy_poll: float,
 ) -> tuple[int, float]:
-    session = _session(portal, target)
+    session = _session(portal, target, busy_poll)
     await session.login()
     last = disk // SECTOR - workload.blocks
     next_lba = 0
@@ -63,9 +79,10 @@ def session_run(
     workload: Workload,
     seconds: float,
     tgtd_pid: int | None,
+    busy_poll: float = 0.0,
 ) -> Run:
     window = CpuWindow(tgtd=tgtd_pid)
-    done, elapsed = uvloop.run(_run(portal, target, lun, disk, workload, seconds))
+    done, elapsed = uvloop.run(_run(portal, target, lun, disk, workload, seconds, busy_poll))
     window.stop()
     return Run(
         done / elapsed,

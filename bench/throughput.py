@@ -56,14 +56,22 @@ def _reference_file(rig: Rig) -> os.PathLike[str]:
     return path
 
 
-def run(rig: Rig, paths: Sequence[str], workloads: Sequence[Workload], seconds: float) -> list[Row]:
+def run(
+    rig: Rig,
+    paths: Sequence[str],
+    workloads: Sequence[Workload],
+    seconds: float,
+    busy_poll_us: int = 0,
+) -> list[Row]:
+    """``busy_poll_us``: the daemon's ``iscsid.busy_poll`` and the session API's alike."""
     rows: list[Row] = []
     with contextlib.ExitStack() as stack:
         daemon = reference = None
         if NBD in paths or REFERENCE in paths:
             require_fio()
         if NBD in paths:
-            daemon = stack.enter_context(rig.daemon("nbd-daemon"))
+            config = f"iscsid.busy_poll = {busy_poll_us}\n"
+            daemon = stack.enter_context(rig.daemon("nbd-daemon", config))
             daemon.login(rig.portal, TARGET)
         if REFERENCE in paths:
             served = _reference_file(rig)
@@ -75,7 +83,14 @@ def run(rig: Rig, paths: Sequence[str], workloads: Sequence[Workload], seconds: 
                     result = libiscsi.iscsi_perf(rig.url(), workload, seconds, rig.tgtd_pid)
                 elif path == SESSION_API:
                     result = session_api.session_run(
-                        rig.portal, TARGET, READ_LUN, DISK, workload, seconds, rig.tgtd_pid
+                        rig.portal,
+                        TARGET,
+                        READ_LUN,
+                        DISK,
+                        workload,
+                        seconds,
+                        rig.tgtd_pid,
+                        busy_poll_us / 1e6,
                     )
                 elif path == NBD and daemon is not None:
                     window = CpuWindow(daemon=daemon.pid, tgtd=rig.tgtd_pid)
