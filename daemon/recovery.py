@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pyiscsid.protocol.errors import ISCSIError, ProtocolError, TaskAborted
+from pyiscsid.protocol.errors import ISCSIError, TargetProtocolError, TaskAborted
 from pyiscsid.protocol.events import AsyncMessageReceived, Event, LogoutCompleted
 from pyiscsid.protocol.pdu import AsyncEvent
 from pyiscsid.protocol.stats import ConnectionStats
@@ -109,6 +109,7 @@ class Recovery:
         self._early_events: list[tuple[IscsiConnection, Event]] = []
         self.totals = ConnectionStats()  # of the connections this session had before
         self._background: set[asyncio.Future[None]] = set()
+        self.on_given_up: Callable[[], None] | None = None  # after reopen_max failed attempts
 
     def _logged_out(self) -> bool:
         """Asked after an await: the state may have changed while we waited (a method, so
@@ -258,10 +259,7 @@ class Recovery:
             if attempt == 1 or attempt % LOG_EVERY_ATTEMPTS == 0:
                 self.log.info("reconnecting", attempt=attempt, ISCSI_EVENT="reconnecting")
             try:
-                connection = await self._connect()
-                self._listen(connection)
-                if self._verify is not None:
-                    await self._verify(connection)
+                connection = await self._attempt()
             except ISCSIError as exc:
                 self.last_error = str(exc)
                 self._move(SessionState.FAILED)
@@ -279,6 +277,8 @@ class Recovery:
                     self._move(SessionState.LOGGED_OUT)
                     self._closed.set()
                     self._up.set()  # held commands see LOGGED_OUT and fail
+                    if self.on_given_up is not None:
+                        self.on_given_up()
                     return
                 delay = backoff(attempt)
                 continue
@@ -296,6 +296,21 @@ class Recovery:
                 seconds=round(self._clock() - started, 3), ISCSI_EVENT="recovered",
             )  # fmt: skip
             return
+
+    async def _attempt(self) -> IscsiConnection:
+        """One relogin and its check (``verify``). The new connection is closed when the
+        check fails or the session is closed meanwhile (close() cancels this, and waits):
+        nothing may stay logged in on the target that no one watches or logs out."""
+        connection = await self._connect()
+        try:
+            self._listen(connection)
+            if self._verify is not None:
+                await self._verify(connection)
+        except BaseException:
+            connection.close()
+            self._early_events = [e for e in self._early_events if e[0] is not connection]
+            raise
+        return connection
 
     def fail_now(self, reason: str) -> None:
         """Fail the connection at once instead of waiting for a NOP-Out timeout (for example
@@ -361,7 +376,9 @@ class Recovery:
                 self._admit(command)
             try:
                 return await connection.execute(**command)
-            except (ConnectionLostError, ProtocolError) as exc:
+            except (ConnectionLostError, TargetProtocolError) as exc:
+                # The connection is gone. An InitiatorProtocolError (our own refusal, such
+                # as an oversized CDB) is the caller's: the connection is fine.
                 self.connection_lost(connection, str(exc))
             except (TaskAborted, CommandTimedOut) as exc:
                 # Aborted (by our own escalation, or by a reset that took other tasks on the

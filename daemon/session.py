@@ -16,6 +16,7 @@ from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.discovery import Portal
 from pyiscsid.protocol.errors import ISCSIError
 from pyiscsid.protocol.login import random_isid
+from pyiscsid.protocol.sense import SenseKey
 
 from .busypoll import BusyPoll
 from .driver import CommandResult, IscsiConnection, open_connection
@@ -69,25 +70,70 @@ class LunIdentityChanged(ISCSIError):
     disk, so nothing more is written to it (a new login, after checking, clears this)."""
 
 
+class LunIdentityUnknown(ISCSIError):
+    """A LUN did not tell who it is: a status other than GOOD (BUSY, TASK SET FULL, NOT
+    READY...) or no logical unit behind the number for now. That says nothing about which
+    disk it is, so after a relogin the attempt fails and recovery checks again after its
+    backoff; only a GOOD answer naming another disk fails the LUN."""
+
+    def __init__(self, message: str, *, unsupported: bool = False) -> None:
+        self.unsupported = unsupported  # the LU does not serve that VPD page at all
+        super().__init__(message)
+
+
+class LunNoAnswer(ISCSIError):
+    """A command of the LUN scan or of the identity check got no answer in time."""
+
+    control_code = "timeout"
+
+
 Execute = Callable[..., Awaitable[CommandResult]]
 
+_INVALID_FIELD_IN_CDB = 0x24  # ASC, SPC-4 table D.1
 
-async def lun_identity(execute: Execute, lun: int) -> tuple[str, ...]:
-    """What names a LUN for good (SPC-4 VPD pages 0x80 and 0x83); () if it offers neither."""
-    pages = await execute(scsi.inquiry(evpd=True, page_code=0), lun=lun, read_length=255)
-    if pages.status != 0:
-        return ()
-    supported = scsi.parse_supported_vpd_pages(pages.data)
+
+async def lun_identity(execute: Execute, lun: int, *, target: str) -> tuple[str, ...]:
+    """What names a LUN for good (SPC-4 VPD pages 0x80 and 0x83); () if it offers neither.
+
+    Only GOOD answers make an identity: any other status raises :class:`LunIdentityUnknown`,
+    since a busy or briefly missing LUN is not another disk."""
+    supported = scsi.parse_supported_vpd_pages(await _vpd_page(execute, lun, 0x00, 255, target))
     parts: list[str] = []
     if 0x80 in supported:
-        page = await execute(scsi.inquiry(evpd=True, page_code=0x80), lun=lun, read_length=255)
-        if page.status == 0:
-            parts.append("serial " + scsi.parse_unit_serial_number(page.data))
+        page = await _vpd_page(execute, lun, 0x80, 255, target)
+        parts.append("serial " + scsi.parse_unit_serial_number(page))
     if 0x83 in supported:
-        page = await execute(scsi.inquiry(evpd=True, page_code=0x83), lun=lun, read_length=1024)
-        if page.status == 0:
-            parts.extend(sorted(str(d) for d in scsi.parse_device_identification(page.data)))
+        page = await _vpd_page(execute, lun, 0x83, 1024, target)
+        parts.extend(sorted(str(d) for d in scsi.parse_device_identification(page)))
     return tuple(parts)
+
+
+def _command_name(cdb: bytes) -> str:
+    try:
+        return scsi.Opcode(cdb[0]).name.replace("_", " ")
+    except ValueError:
+        return f"opcode 0x{cdb[0]:02x}"
+
+
+async def _vpd_page(execute: Execute, lun: int, page: int, length: int, target: str) -> memoryview:
+    result = await execute(scsi.inquiry(evpd=True, page_code=page), lun=lun, read_length=length)
+    where = f"LUN {lun} of {target}"
+    if result.status != scsi.ScsiStatus.GOOD:
+        sense = result.sense
+        raise LunIdentityUnknown(
+            f"{where} answered INQUIRY for VPD page 0x{page:02x} with "
+            f"{scsi.ScsiCommandError(result.status, sense)}: its identity cannot be checked now",
+            unsupported=sense is not None
+            and sense.key == SenseKey.ILLEGAL_REQUEST
+            and sense.asc == _INVALID_FIELD_IN_CDB,
+        )
+    if result.data[:1] and result.data[0] >> 5:  # PERIPHERAL QUALIFIER, SPC-4 6.4.2
+        # tgt, for one, answers so for a LUN deleted and not yet added again.
+        raise LunIdentityUnknown(
+            f"{where} has no logical unit behind it now (peripheral qualifier "
+            f"{result.data[0] >> 5}): if it was removed for good, log the session out and in"
+        )
+    return result.data
 
 
 class Session:
@@ -160,11 +206,7 @@ class Session:
         """Connect, log in and learn the LUNs (REPORT LUNS, INQUIRY, READ CAPACITY)."""
         self.recovery.attach(await self._connect())
         self.logged_in_at = time.time()
-        try:
-            async with asyncio.timeout(self.login_timeout):
-                self.luns = await self._scan_luns()
-        except (ISCSIError, TimeoutError):
-            self.luns = []  # the session is usable; `-P 3` will show no LUNs
+        self.luns = await self._scan_luns()
 
     def execute(self, cdb: bytes, **command: Any) -> Coroutine[Any, Any, CommandResult]:
         """A SCSI command, held and reissued across reconnects (see :mod:`recovery`), and
@@ -174,43 +216,98 @@ class Session:
         command.setdefault("timeouts", self.task_timeouts)
         return self.recovery.execute(cdb=cdb, **command)
 
+    def _bounded(self, execute: Execute) -> Execute:
+        """``execute`` with every command bounded: task management after command_timeout
+        (:mod:`escalation`), and an answer due within login_timeout in any case, so that a
+        LUN that never answers costs the scan that LUN, or a reconnect that attempt, and
+        never hangs them."""
+
+        async def bounded(cdb: bytes, **command: Any) -> CommandResult:
+            command.setdefault("timeouts", self.task_timeouts)
+            try:
+                async with asyncio.timeout(self.login_timeout):
+                    return await execute(cdb, **command)
+            except TimeoutError:
+                raise LunNoAnswer(
+                    f"LUN {command.get('lun', 0)} of {self.target} did not answer "
+                    f"{_command_name(cdb)} in {self.login_timeout:g} s "
+                    "(node.conn[0].timeo.login_timeout)"
+                ) from None
+
+        return bounded
+
     async def _scan_luns(self) -> list[LunInfo]:
-        report = await self.execute(scsi.report_luns(), lun=0, read_length=4096)
-        numbers = scsi.parse_report_luns(report.check().data) if report.status == 0 else [0]
+        """Every LUN the target reports; one that fails or does not answer is left out, with
+        a warning that says why, and the others are still served."""
+        execute = self._bounded(self.execute)
+        try:
+            report = await execute(scsi.report_luns(), lun=0, read_length=4096)
+            numbers = scsi.parse_report_luns(report.check().data) if report.status == 0 else [0]
+        except ISCSIError as exc:
+            self.log.warning(
+                "REPORT LUNS failed, trying LUN 0 alone", reason=str(exc), ISCSI_EVENT="lun_scan"
+            )
+            numbers = [0]
         luns = []
-        for number in numbers:
-            inquiry = scsi.parse_standard_inquiry(
-                (await self.execute(scsi.inquiry(), lun=number, read_length=255)).check().data
-            )
-            if inquiry.peripheral_qualifier != 0:
+        for index, number in enumerate(numbers):
+            if self.state is not SessionState.LOGGED_IN:  # each LUN would wait login_timeout
+                self.log.warning(
+                    "LUN scan stopped, the session is down: log out and in again to see "
+                    "these LUNs", luns=numbers[index:], ISCSI_EVENT="lun_scan",
+                )  # fmt: skip
+                break
+            try:
+                lun = await self._scan_lun(execute, number)
+            except ISCSIError as exc:
+                self.log.warning(
+                    "LUN left out: log out and in again to retry", lun=number, reason=str(exc),
+                    ISCSI_EVENT="lun_scan",
+                )  # fmt: skip
                 continue
-            size = block = 0
-            if inquiry.device_type == 0:  # direct-access block device
-                capacity = await self.execute(scsi.read_capacity16(), lun=number, read_length=32)
-                if capacity.status == 0:
-                    parsed = scsi.parse_read_capacity16(capacity.data)
-                    size, block = parsed.size_bytes, parsed.block_size
-            identity = await lun_identity(self.execute, number)
-            luns.append(
-                LunInfo(
-                    number,
-                    size,
-                    block,
-                    inquiry.vendor,
-                    inquiry.product,
-                    inquiry.revision,
-                    inquiry.device_type,
-                    identity,
-                )
-            )
+            if lun is not None:
+                luns.append(lun)
         return luns
 
+    async def _scan_lun(self, execute: Execute, number: int) -> LunInfo | None:
+        """One LUN's details; None when no logical unit is behind that number."""
+        inquiry = scsi.parse_standard_inquiry(
+            (await execute(scsi.inquiry(), lun=number, read_length=255)).check().data
+        )
+        if inquiry.peripheral_qualifier != 0:
+            return None
+        size = block = 0
+        if inquiry.device_type == 0:  # direct-access block device
+            capacity = await execute(scsi.read_capacity16(), lun=number, read_length=32)
+            if capacity.status == 0:
+                parsed = scsi.parse_read_capacity16(capacity.data)
+                size, block = parsed.size_bytes, parsed.block_size
+        try:
+            identity = await lun_identity(execute, number, target=self.target)
+        except LunIdentityUnknown as exc:
+            if not exc.unsupported:
+                raise
+            identity = ()  # no VPD pages to name it: it cannot be checked after a relogin
+        return LunInfo(
+            number,
+            size,
+            block,
+            inquiry.vendor,
+            inquiry.product,
+            inquiry.revision,
+            inquiry.device_type,
+            identity,
+        )
+
     async def _verify_luns(self, connection: IscsiConnection) -> None:
-        """After a relogin, before held I/O goes out: is every LUN still the same disk?"""
+        """After a relogin, before held I/O goes out: is every LUN still the same disk?
+
+        Only a GOOD answer naming another disk fails the LUN; a status that is not GOOD, or
+        no answer in time, raises, and recovery tries the relogin again after its backoff."""
+        execute = self._bounded(connection.execute)
         for lun in self.luns:
             if not lun.identity or lun.lun in self.failed_luns:
                 continue
-            now = await lun_identity(connection.execute, lun.lun)
+            now = await lun_identity(execute, lun.lun, target=self.target)
             if now != lun.identity:
                 reason = (
                     f"LUN {lun.lun} of {self.target} answers as {', '.join(now) or 'nothing'} "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,7 +36,7 @@ from .firmware import Chap, Firmware, FirmwareTarget, Nic, read_ibft
 from .nbd import NbdServer
 from .nbd_export import LunExport
 from .nodedb import NodeDB, NodeExists, NodeRecord
-from .recovery import SessionState
+from .recovery import SessionLoggedOut, SessionState
 from .session import Session
 from .shutdown import ONBOOT, root_sessions
 
@@ -336,6 +337,10 @@ class Supervisor:
                         ISCSI_TARGET=record.target, ISCSI_PORTAL=record.portal,
                     )  # fmt: skip
                     await asyncio.sleep(min(2.0 * attempt, 10.0))
+            if session.state is SessionState.LOGGED_OUT:  # given up during the LUN scan
+                raise SessionLoggedOut(
+                    f"the session was lost during the login: {session.recovery.last_error}"
+                )
             self.sessions[session.sid] = session
             await self._export(session)
             self.log.info(
@@ -367,7 +372,7 @@ class Supervisor:
             isid=Session.new_isid(),
         )
         chap = config.chap
-        return Session(
+        session = Session(
             sid,
             record.target,
             Portal(record.address, record.port, record.tpgt),
@@ -379,6 +384,21 @@ class Supervisor:
             timeouts={name: settings.get_int(values, key) for name, key in _TIMEOUTS},
             busy_poll=self.busy_poll,
         )
+        session.recovery.on_given_up = functools.partial(self._given_up, session)
+        return session
+
+    def _given_up(self, session: Session) -> None:
+        """Recovery gave up on the session (node.session.reopen_max): as open-iscsi does, it
+        goes away with its NBD exports, so that the node can be logged in again."""
+        if self.sessions.pop(session.sid, None) is None:
+            return
+        self._unexport(session)
+        self.log.error(
+            "session removed, recovery gave up: log in again when the target is back",
+            ISCSI_TARGET=session.target, ISCSI_PORTAL=session.portal.address_port,
+            ISCSI_SID=session.sid, reason=session.recovery.last_error,
+            ISCSI_EVENT="session_removed",
+        )  # fmt: skip
 
     async def _login_all(
         self, records: Iterable[NodeRecord], *, attempts: int = 1

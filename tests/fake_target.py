@@ -3,8 +3,9 @@
 Every integration test runs against tgtd (``tests/conftest.py``), and anything tgtd can do is
 tested there. tgtd cannot be made to send an Asynchronous Message (RFC 7143 section 11.9):
 a target that asks for a logout, drops a connection with a Time2Wait of its choice or reports
-a SCSI event. This target exists for those tests and nothing else; it is not a model of a good
-target and no test should reach for it when tgtd would do.
+a SCSI event; nor answer one command BUSY, or never, while it goes on answering the rest.
+This target exists for those tests and nothing else; it is not a model of a good target and
+no test should reach for it when tgtd would do.
 
 It serves one target name with one LUN backed by a ``bytearray``, built from the same PDU
 classes and framing as the initiator (:mod:`pyiscsid.protocol.pdu`,
@@ -561,7 +562,9 @@ class FakeConnection(asyncio.Protocol):
         if swallow is not None and swallow(bytes(task.command.cdb)):
             self.target._changed()
             return  # never answered: stays in progress until task management ends it
-        reply = self._execute(task)
+        busy = self.target.status
+        status = busy(bytes(task.command.cdb)) if busy is not None else None
+        reply = _Reply(status=status) if status is not None else self._execute(task)
         latency = self.target.latency
         if latency > 0:
             task.timer = self._loop.call_later(latency, self._answer, task, reply)
@@ -743,6 +746,9 @@ class FakeTarget:
         self.task_management: list[TaskManagementFunction] = []
         # ``reject`` returns a Reject reason for a CDB the target refuses (None: no Reject).
         self.reject: Callable[[bytes], int | None] | None = None
+        # ``status`` returns a SCSI status without sense (BUSY, TASK SET FULL) to answer a CDB
+        # with instead of running it; None runs it. tgtd never answers BUSY on demand.
+        self.status: Callable[[bytes], int | None] | None = None
         self.address = "127.0.0.1"
         self.port = 0
         self.connections: list[FakeConnection] = []  # open ones, oldest first
