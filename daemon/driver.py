@@ -150,9 +150,8 @@ class IscsiConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._watched: dict[int, _Watched] = {}  # commands with a timeout, by ITT
         self._watchdog: asyncio.TimerHandle | None = None
-        self._writable = asyncio.Event()  # set unless the transport paused writing
+        self._writable = asyncio.Event()
         self._writable.set()
-        self._write_paused = False  # _writable cleared, tested for every command
         self._batch = IterationBatch(self._loop, self._write)  # commands of one iteration
         self._error: ISCSIError | None = None
         self.on_event: Callable[[Event], None] | None = None  # async messages etc.
@@ -201,17 +200,14 @@ class IscsiConnection(asyncio.Protocol):
             + (f": {exc}" if exc is not None else " by the target")
         )
         self._fail_all(error)
-        self._write_paused = False
         self._writable.set()  # a writer waiting for buffer space must see the loss, not hang
         if not self._closed.done():
             self._closed.set_result(None)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
         self._writable.clear()
 
     def resume_writing(self) -> None:
-        self._write_paused = False
         self._writable.set()
 
     # ---------------------------------------------------------- plumbing
@@ -276,12 +272,8 @@ class IscsiConnection(asyncio.Protocol):
                 future.set_exception(error)
 
     def _resolve(self, itt: int, value: Any = None, error: BaseException | None = None) -> None:
-        future = self._waiters.pop(itt, None)
-        if future is None:
-            return
-        if self._busy_poll is not None:
-            self._busy_poll.outstanding -= 1
-        if future.done():
+        future = self._forget(itt)
+        if future is None or future.done():
             return
         if error is not None:
             future.set_exception(error)
@@ -356,12 +348,14 @@ class IscsiConnection(asyncio.Protocol):
             self._forget(itt)
             raise
 
-    def _forget(self, itt: int) -> None:
-        """The caller stopped waiting for ``itt`` (a timeout cancelled it): it no longer
-        counts as in flight for :meth:`wait_idle` and busy polling, and an answer that still
-        comes is dropped."""
-        if self._waiters.pop(itt, None) is not None and self._busy_poll is not None:
+    def _forget(self, itt: int) -> asyncio.Future[Any] | None:
+        """``itt`` no longer counts as in flight (for :meth:`wait_idle` and busy polling):
+        it was answered, or the caller stopped waiting (a timeout cancelled it) and an
+        answer that still comes is dropped. Returns its waiter, if it had one."""
+        future = self._waiters.pop(itt, None)
+        if future is not None and self._busy_poll is not None:
             self._busy_poll.outstanding -= 1
+        return future
 
     def _watch(self, watch: _Watched) -> None:
         """Rescue the command if it is still unanswered at ``watch.deadline``.
@@ -458,7 +452,7 @@ class IscsiConnection(asyncio.Protocol):
         it again is safe even for a write (SAM-5 section 5.14).
         """
         for _ in range(UNIT_ATTENTION_RETRIES):
-            if self._write_paused:
+            if not self._writable.is_set():
                 await self._writable.wait()
             core = self._core
             if self._error is not None or core is None or core.state is not _FULL_FEATURE:
@@ -472,7 +466,7 @@ class IscsiConnection(asyncio.Protocol):
                 attribute=attribute,
             )
             pending = self._await_tag(itt)
-            if self._busy_poll is not None and len(self._waiters) == 1:
+            if self._busy_poll is not None:  # it polls only for a command alone in flight
                 self._busy_poll.wait_for_answer(self._fd, pending.done, self.data_received)
                 if pending.done() and self._busy_poll.must_yield():
                     await asyncio.sleep(0)  # answered without the loop running, for too long

@@ -77,9 +77,7 @@ from .pdu import (
     parse_pdu,
     unpack_data_in,
 )
-from .serial import HALF as SN_HALF
-from .serial import MASK as SN_MASK
-from .serial import sn_add, sn_gt, sn_le
+from .serial import sn_add, sn_ge, sn_gt, sn_le, sn_lt
 from .stats import ConnectionStats
 from .tasks import UNSOLICITED, ScsiTask
 from .text import TextAssembler, encode_text, split_text
@@ -552,20 +550,17 @@ class Connection:
 
     def _acknowledge(self, stat_sn: int, exp_cmd_sn: int, max_cmd_sn: int) -> None:
         """A PDU that consumes a StatSN: acknowledge it and update the window."""
-        if stat_sn == self.exp_stat_sn or sn_gt(stat_sn, self.exp_stat_sn):
-            self.exp_stat_sn = (stat_sn + 1) & SN_MASK
+        if sn_ge(stat_sn, self.exp_stat_sn):
+            self.exp_stat_sn = sn_add(stat_sn, 1)
         self._update_window(exp_cmd_sn, max_cmd_sn)
 
     def _update_window(self, exp_cmd_sn: int, max_cmd_sn: int) -> None:
-        """RFC 7143 section 4.2.2.1: ignore a MaxCmdSN below ExpCmdSN - 1, never go back.
-
-        The serial comparisons are written out: this runs for every response."""
-        # MaxCmdSN >= ExpCmdSN - 1, i.e. (MaxCmdSN - ExpCmdSN + 1) is not "negative".
-        if (max_cmd_sn - exp_cmd_sn + 1) & SN_MASK > SN_HALF:
+        """RFC 7143 section 4.2.2.1: ignore a MaxCmdSN below ExpCmdSN - 1, never go back."""
+        if sn_lt(max_cmd_sn, sn_add(exp_cmd_sn, 0xFFFFFFFF)):
             return
-        if 0 < (exp_cmd_sn - self.exp_cmd_sn) & SN_MASK < SN_HALF:
+        if sn_gt(exp_cmd_sn, self.exp_cmd_sn):
             self.exp_cmd_sn = exp_cmd_sn
-        if 0 < (max_cmd_sn - self.max_cmd_sn) & SN_MASK < SN_HALF:
+        if sn_gt(max_cmd_sn, self.max_cmd_sn):
             self.max_cmd_sn = max_cmd_sn
 
     # -- login

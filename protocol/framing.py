@@ -150,8 +150,7 @@ class PduReader:
         header_end, data_start, data_length, total = self._layout(view)
         if len(view) < total:
             return None, 0
-        if self.header_digest or data_length > self.max_data_segment_length:
-            self._check_header(view, header_end, data_length)
+        self._check_header(view, header_end, data_length)
         data = view[data_start : data_start + data_length]
         if self.data_digest and data_length:
             padded = total - DIGEST_LENGTH - data_start

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 SERIAL_BITS = 32
 MODULUS = 1 << SERIAL_BITS
-HALF = 1 << (SERIAL_BITS - 1)  # two numbers this far apart are not ordered
+_HALF = 1 << (SERIAL_BITS - 1)
 MASK = MODULUS - 1
 
 
@@ -16,22 +16,22 @@ def sn_add(a: int, n: int) -> int:
 
 def sn_lt(a: int, b: int) -> bool:
     """a < b in serial arithmetic. Undefined (False both ways) when a and b are 2**31 apart."""
-    return 0 < ((b - a) & MASK) < HALF
+    return 0 < ((b - a) & MASK) < _HALF
 
 
 def sn_gt(a: int, b: int) -> bool:
-    return 0 < ((a - b) & MASK) < HALF
+    return 0 < ((a - b) & MASK) < _HALF
 
 
 def sn_le(a: int, b: int) -> bool:
-    return ((b - a) & MASK) < HALF
+    return ((b - a) & MASK) < _HALF
 
 
 def sn_ge(a: int, b: int) -> bool:
-    return ((a - b) & MASK) < HALF
+    return ((a - b) & MASK) < _HALF
 
 
 def sn_diff(a: int, b: int) -> int:
     """The signed distance a - b, in the range [-2**31, 2**31)."""
     d = (a - b) & MASK
-    return d - MODULUS if d >= HALF else d
+    return d - MODULUS if d >= _HALF else d
