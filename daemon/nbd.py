@@ -19,7 +19,6 @@ import ipaddress
 import os
 import socket
 import struct
-from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, cast
@@ -30,6 +29,7 @@ from pyiscsid.protocol.errors import ISCSIError
 from . import nbd_protocol as wire
 from .batching import IterationBatch
 from .busypoll import BusyPoll
+from .byte_budget import ByteBudget
 from .nbd_export import Export, NbdIOError, NbdRequestError, errno_for
 from .nbd_protocol import Command, CommandFlag, NbdProtocolError, Option, Reply
 from .nbd_protocol import TransmissionFlag as TF
@@ -59,56 +59,6 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _WRITING = frozenset({Command.WRITE, Command.WRITE_ZEROES, Command.TRIM})
 _PAYLOAD = frozenset({Command.READ, Command.WRITE})  # the commands that carry data
 _FUA = int(CommandFlag.FUA)  # an int: ``int & IntFlag`` runs Flag.__and__ in Python
-
-
-class _Budget:
-    """Bytes that may be held at once, handed out in the order asked for. A request that
-    would go beyond ``limit`` waits; one larger than ``limit`` on its own gets it once
-    nothing is held, so it is served alone rather than never."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.held = 0
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
-
-    def _fits(self, size: int) -> bool:
-        return not self.held or self.held + size <= self.limit
-
-    def try_take(self, size: int) -> bool:
-        """Take ``size`` now if it fits and nobody waits before us."""
-        if self._waiters or not self._fits(size):
-            return False
-        self.held += size
-        return True
-
-    async def take(self, size: int) -> None:
-        if self.try_take(size):
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        entry = (size, waiter)
-        self._waiters.append(entry)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.give(size)  # granted, but we were cancelled before we could use it
-            else:
-                self._waiters.remove(entry)
-                self._wake()  # we may have been the one the others waited behind
-            raise
-
-    def give(self, size: int) -> None:
-        self.held -= size
-        self._wake()
-
-    def _wake(self) -> None:
-        while self._waiters:
-            size, waiter = self._waiters[0]
-            if not self._fits(size):
-                return
-            self._waiters.popleft()
-            self.held += size
-            waiter.set_result(None)
 
 
 @dataclass(frozen=True)
@@ -181,7 +131,7 @@ class _Client:
         # the server's budget too. A request's bytes are given back once its reply has left
         # for the socket: those of the replies in _replies, then of replies written but
         # still in the transport's buffer (given back by _release_when_sent).
-        self._budget = _Budget(CLIENT_BYTES_IN_FLIGHT)
+        self._budget = ByteBudget(CLIENT_BYTES_IN_FLIGHT)
         self._queued_bytes = 0
         self._unsent_bytes = 0
         self._releaser: asyncio.Task[None] | None = None
@@ -625,7 +575,7 @@ class NbdServer:
         self._clients: dict[asyncio.Task[None], _Client] = {}
         self._paths: list[str] = []
         self._left = asyncio.Event()  # set whenever a client has gone
-        self.budget = _Budget(SERVER_BYTES_IN_FLIGHT)  # payload bytes, over all clients
+        self.budget = ByteBudget(SERVER_BYTES_IN_FLIGHT)  # payload bytes, over all clients
         self._refused = 0  # connections refused since MAX_CLIENTS was reached
 
     @property
