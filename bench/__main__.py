@@ -5,7 +5,8 @@ Parts (all by default; --only picks some):
              in flight, 4 KiB reads with 1 in flight
   api        the same workloads through a pyiscsid Session in this process
   nbd        the same workloads through a real pyiscsid daemon's NBD export, with fio's
-             nbd engine; plus fio against qemu-nbd serving the file, to show fio's ceiling
+             nbd engine; plus fio against qemu-nbd over libiscsi (the same bridge in C),
+             and against qemu-nbd serving a file, to show fio's ceiling
   login      discovery + login + logout: libiscsi tools, the session API, the daemon
   resources  the daemon's CPU seconds per GB and RSS over NBD writes and reads
   idle       200 idle sessions in one daemon: time to log in, RSS, CPU per minute of pings
@@ -36,7 +37,7 @@ PARTS = ("libiscsi", "api", "nbd", "placement", "login", "resources", "idle")
 PATHS = {
     "libiscsi": (throughput.LIBISCSI,),
     "api": (throughput.SESSION_API,),
-    "nbd": (throughput.NBD, throughput.REFERENCE),
+    "nbd": (throughput.NBD, throughput.BRIDGE, throughput.REFERENCE),
 }
 
 

@@ -1,7 +1,8 @@
 """fio's nbd engine (libnbd, requests kept in flight with its asynchronous API) as the NBD
-client, and qemu-nbd serving a file directly as the reference that shows the client's own
-ceiling: if fio reaches far more through qemu-nbd than through pyiscsid, fio is not what
-limits the pyiscsid figure."""
+client, and qemu-nbd as two references: serving a file directly, it shows the client's own
+ceiling (if fio reaches far more through qemu-nbd than through pyiscsid, fio is not what
+limits the pyiscsid figure); serving an ``iscsi://`` URL through libiscsi, it is the same
+NBD-to-iSCSI bridge as pyiscsid's daemon, written in C."""
 
 from __future__ import annotations
 
@@ -97,9 +98,11 @@ def fio_workload(uri: str, workload: Workload, seconds: float) -> FioResult:
 
 
 class QemuNbd:
-    """``qemu-nbd`` serving ``path`` read-only on a Unix socket, as the export ``name``."""
+    """``qemu-nbd`` serving ``path`` read-only on a Unix socket, as the export ``name``.
+    ``path`` may be an ``iscsi://`` URL: qemu's iSCSI driver (libiscsi, Debian package
+    qemu-block-extra) is then the initiator."""
 
-    def __init__(self, path: os.PathLike[str], socket: Path, name: str = "reference") -> None:
+    def __init__(self, path: os.PathLike[str] | str, socket: Path, name: str = "reference") -> None:
         self.path = path
         self.socket = socket
         self.name = name

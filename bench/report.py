@@ -9,7 +9,7 @@ from .login import BASELINE as LOGIN_BASELINE
 from .login import LoginRow
 from .placement import PlacementRow
 from .resources import BLOCK, IN_FLIGHT, Resources
-from .throughput import LIBISCSI, NBD, REFERENCE, SESSION_API, Row
+from .throughput import BRIDGE, LIBISCSI, NBD, REFERENCE, SESSION_API, Row
 from .workloads import Run, Workload
 
 WIDTH = 40
@@ -44,10 +44,10 @@ def throughput(rows: Sequence[Row], seconds: float) -> list[str]:
             if run is None:
                 continue
             ratio = goal = ""
-            if baseline is not None and path in (SESSION_API, NBD, LIBISCSI):
+            if baseline is not None and path in (SESSION_API, NBD, BRIDGE, LIBISCSI):
                 value = workload.goal.ratio_of(run, baseline)
                 ratio = f"{value:.2f}x"
-                if path != LIBISCSI:
+                if path in (SESSION_API, NBD):
                     mark = "ok" if workload.goal.met(value) else "MISS"
                     goal = f"{workload.goal.describe()} {mark}"
             label = f"  {path}"
@@ -59,10 +59,12 @@ def throughput(rows: Sequence[Row], seconds: float) -> list[str]:
     out += [
         "ratio: IOPS pyiscsid / libiscsi; on the 1-in-flight row, mean latency pyiscsid /",
         "libiscsi (lower is better). lat: mean latency by Little's law (in flight / IOPS).",
-        "CPU: initiator = iscsi-perf, this bench process (session API) or the pyiscsid daemon",
-        "(NBD); target = tgtd, or qemu-nbd on the reference row; fio = the NBD client.",
+        "CPU: initiator = iscsi-perf, this bench process (session API), the pyiscsid daemon",
+        "(NBD) or qemu-nbd (bridge); target = tgtd, or qemu-nbd on the no-iSCSI row;",
+        "fio = the NBD client.",
     ]
     out += _goals(rows, workloads)
+    out += _like_for_like(rows, workloads)
     out += _client_check(rows, workloads)
     return out
 
@@ -87,6 +89,22 @@ def _goals(rows: Sequence[Row], workloads: Sequence[Workload]) -> list[str]:
                 cell = f"{value:.2f}x {'ok' if workload.goal.met(value) else 'MISS'}"
             line += f"  {cell:>26}"
         out.append(line)
+    return out
+
+
+def _like_for_like(rows: Sequence[Row], workloads: Sequence[Workload]) -> list[str]:
+    """pyiscsid's NBD path against the same bridge in C: both add an NBD hop (fio to the
+    server, through the kernel) to the iSCSI one, which iscsi-perf alone does not pay."""
+    out: list[str] = []
+    for workload in workloads:
+        nbd, bridge = _find(rows, workload, NBD), _find(rows, workload, BRIDGE)
+        if nbd is None or bridge is None:
+            continue
+        if not out:
+            out = ["", f"Like for like: pyiscsid's NBD path / {BRIDGE} (same fio job):"]
+        value = workload.goal.ratio_of(nbd, bridge)
+        what = "latency" if workload.goal.latency else "IOPS"
+        out.append(f"  {workload.name:{WIDTH - 2}} {value:.2f}x ({what})")
     return out
 
 

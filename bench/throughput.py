@@ -19,6 +19,7 @@ from .workloads import Run, Workload
 LIBISCSI = "libiscsi iscsi-perf"
 SESSION_API = "pyiscsid session API"
 NBD = "pyiscsid daemon, NBD (fio)"
+BRIDGE = "fio -> qemu-nbd -> libiscsi (C)"
 REFERENCE = "fio -> qemu-nbd, no iSCSI"
 REFERENCE_SIZE = 256 << 20
 
@@ -30,16 +31,22 @@ class Row:
     run: Run
 
 
-def _nbd_run(fio: FioResult, window: CpuWindow, workload: Workload, server: str) -> Run:
-    """CPU shares over fio's own runtime: the servers are idle outside it."""
-    seconds = {name: window.seconds(name) for name in ("daemon", "tgtd", "qemu")}
-    share = {k: v / fio.seconds if v is not None else None for k, v in seconds.items()}
+def _nbd_run(
+    fio: FioResult, window: CpuWindow, workload: Workload, initiator: str | None, target: str
+) -> Run:
+    """CPU shares over fio's own runtime: the servers are idle outside it. ``initiator`` and
+    ``target`` name the processes of ``window`` that play each part."""
+
+    def share(name: str | None) -> float | None:
+        seconds = window.seconds(name) if name is not None else None
+        return seconds / fio.seconds if seconds is not None else None
+
     return Run(
         fio.iops,
         workload.length,
         workload.in_flight,
-        initiator_cpu=share["daemon"],
-        target_cpu=share[server],
+        initiator_cpu=share(initiator),
+        target_cpu=share(target),
         client_cpu=fio.cpu,
     )
 
@@ -66,8 +73,8 @@ def run(
     """``busy_poll_us``: the daemon's ``iscsid.busy_poll`` and the session API's alike."""
     rows: list[Row] = []
     with contextlib.ExitStack() as stack:
-        daemon = reference = None
-        if NBD in paths or REFERENCE in paths:
+        daemon = reference = bridge = None
+        if NBD in paths or REFERENCE in paths or BRIDGE in paths:
             require_fio()
         if NBD in paths:
             config = f"iscsid.busy_poll = {busy_poll_us}\n"
@@ -76,6 +83,8 @@ def run(
         if REFERENCE in paths:
             served = _reference_file(rig)
             reference = stack.enter_context(QemuNbd(served, rig.root / "qemu-nbd.sock"))
+        if BRIDGE in paths:
+            bridge = stack.enter_context(QemuNbd(rig.url(), rig.root / "bridge.sock", "bridge"))
         for workload in workloads:
             for path in paths:
                 print(f"  {workload.name}: {path}", file=sys.stderr, flush=True)
@@ -95,11 +104,15 @@ def run(
                 elif path == NBD and daemon is not None:
                     window = CpuWindow(daemon=daemon.pid, tgtd=rig.tgtd_pid)
                     fio = fio_workload(daemon.nbd_uri(rig.export()), workload, seconds)
-                    result = _nbd_run(fio, window.stop(), workload, "tgtd")
+                    result = _nbd_run(fio, window.stop(), workload, "daemon", "tgtd")
+                elif path == BRIDGE and bridge is not None:
+                    window = CpuWindow(qemu=bridge.pid, tgtd=rig.tgtd_pid)
+                    fio = fio_workload(bridge.uri, workload, seconds)
+                    result = _nbd_run(fio, window.stop(), workload, "qemu", "tgtd")
                 elif path == REFERENCE and reference is not None:
                     window = CpuWindow(qemu=reference.pid)
                     fio = fio_workload(reference.uri, workload, seconds)
-                    result = _nbd_run(fio, window.stop(), workload, "qemu")
+                    result = _nbd_run(fio, window.stop(), workload, None, "qemu")
                 else:
                     raise ValueError(f"unknown path {path!r}")
                 rows.append(Row(workload, path, result))
