@@ -18,6 +18,11 @@ class ByteBudget:
         self.held = 0
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
 
+    @property
+    def waiting(self) -> bool:
+        """Someone waits for bytes to be given back."""
+        return bool(self._waiters)
+
     def _fits(self, size: int) -> bool:
         return not self.held or self.held + size <= self.limit
 

@@ -47,6 +47,10 @@ DRAIN_TIMEOUT = 10.0  # seconds a leaving client gets to take its last replies
 # on its own is served once nothing else is held.
 CLIENT_BYTES_IN_FLIGHT = 64 << 20  # per client: two 32 MiB requests, or many small ones
 SERVER_BYTES_IN_FLIGHT = 256 << 20  # over all clients: what the daemon may hold for NBD
+# Seconds a client may leave its replies unread (the bytes they hold stay taken) before it
+# is warned about; if other clients then wait for the server's budget, it is dropped: four
+# clients that never read would otherwise hold the whole budget and stall every other one.
+STALL_TIMEOUT = 30.0
 # Seconds from connect() until a client has chosen its export (NBD_OPT_GO or
 # NBD_OPT_EXPORT_NAME): real clients take milliseconds; one that stalls in the option
 # haggling would otherwise hold its connection (and a place under MAX_CLIENTS) forever.
@@ -209,10 +213,31 @@ class _Client:
 
     async def _release_when_sent(self) -> None:
         """Give back the bytes of replies in the transport's buffer as the client takes them
-        (a client that does not read its replies keeps them, and is not read from)."""
+        (a client that does not read its replies keeps them, and is not read from; after
+        STALL_TIMEOUT it is dropped if other clients wait for those bytes)."""
+        warned = False
         try:
             while self._unsent_bytes:
-                await self.writer.drain()
+                try:
+                    async with asyncio.timeout(STALL_TIMEOUT):
+                        await self.writer.drain()
+                except TimeoutError:
+                    if self.server.budget.waiting:
+                        self.log.warning(
+                            "nbd client dropped", export=self.export_name,
+                            reason=f"its replies were left unread for {STALL_TIMEOUT:g} "
+                            f"seconds, holding {self._unsent_bytes} bytes other clients "
+                            "wait for",
+                        )  # fmt: skip
+                        self.writer.transport.abort()
+                        return
+                    if not warned:
+                        warned = True
+                        self.log.warning(
+                            "nbd client is not reading its replies", export=self.export_name,
+                            held=self._unsent_bytes, seconds=STALL_TIMEOUT,
+                        )  # fmt: skip
+                    continue
                 if self._sent():
                     self._give(self._unsent_bytes)
                     self._unsent_bytes = 0

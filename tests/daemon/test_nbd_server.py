@@ -817,6 +817,70 @@ async def test_all_clients_together_wait_for_the_server_s_byte_budget(
                 await client.close()
 
 
+async def test_a_client_leaving_its_replies_unread_is_dropped_when_others_wait(
+    public_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its unread replies hold the whole server budget: after STALL_TIMEOUT it is dropped
+    with a warning, and the client waiting behind it is served."""
+    monkeypatch.setattr(nbd, "CLIENT_BYTES_IN_FLIGHT", 1 * MiB)
+    monkeypatch.setattr(nbd, "SERVER_BYTES_IN_FLIGHT", 1 * MiB)
+    monkeypatch.setattr(nbd, "STALL_TIMEOUT", 0.3)
+    disk = MemoryExport(DISK, size=1 * MiB)
+    disk.data[:] = os.urandom(disk.size)
+    with structlog.testing.capture_logs() as logs:
+        async with serving(public_dir, disk) as server:
+            stalled = await RawClient.connect(public_dir / "limits.sock")
+            waiting = await RawClient.connect(public_dir / "limits.sock")
+            try:
+                await stalled.go()
+                await waiting.go()
+                stalled.writer.transport.pause_reading()
+                for cookie in range(16):
+                    stalled.request(Command.READ, 0, 512 * KiB, cookie)
+                await until(lambda: server.bytes_in_flight == 1 * MiB and not server.in_flight)
+                waiting.request(Command.READ, 0, 512 * KiB, cookie=1)
+                await until(lambda: server.budget.waiting)
+                got = await any_simple_replies(waiting, {1: 512 * KiB})
+                assert got[1] == disk.data[: 512 * KiB]
+                await until(lambda: len(server.clients()) == 1)
+            finally:
+                await stalled.close()
+                await waiting.close()
+    dropped = [e for e in logs if e["event"] == "nbd client dropped"]
+    assert len(dropped) == 1
+    assert "unread for 0.3 seconds" in dropped[0]["reason"]
+
+
+async def test_a_client_leaving_its_replies_unread_is_warned_about_and_kept_if_none_wait(
+    public_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It harms nobody else (it only stalls itself): a warning, and once it reads again it
+    gets every reply."""
+    monkeypatch.setattr(nbd, "CLIENT_BYTES_IN_FLIGHT", 1 * MiB)
+    monkeypatch.setattr(nbd, "STALL_TIMEOUT", 0.1)
+    disk = MemoryExport(DISK, size=1 * MiB)
+    disk.data[:] = os.urandom(disk.size)
+    with structlog.testing.capture_logs() as logs:
+        async with serving(public_dir, disk):
+            client = await RawClient.connect(public_dir / "limits.sock")
+            try:
+                await client.go()
+                client.writer.transport.pause_reading()
+                for cookie in range(16):
+                    client.request(Command.READ, 0, 512 * KiB, cookie)
+                await until(
+                    lambda: any(e["event"] == "nbd client is not reading its replies" for e in logs)
+                )
+                client.writer.transport.resume_reading()
+                got = await any_simple_replies(client, dict.fromkeys(range(16), 512 * KiB))
+                assert set(got.values()) == {bytes(disk.data[: 512 * KiB])}
+            finally:
+                await client.close()
+    assert not [e for e in logs if e["event"] == "nbd client dropped"]
+    (warning,) = [e for e in logs if e["event"] == "nbd client is not reading its replies"]
+    assert warning["held"] > 0
+
+
 async def test_a_client_stalling_in_the_handshake_is_dropped(
     public_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
