@@ -339,7 +339,17 @@ def _node(ns: argparse.Namespace, common: dict[str, Any]) -> Invocation:
         raise UsageError(f"invalid info level {ns.print_level} for -m node: try 0 or 1")
     filters = _filters(ns)
     if action in ("-L", "-U") and filters:
-        raise UsageError(f"{action} acts on every node; it takes no -T or -p")
+        # iscsiadm's --loginall/--logoutall take no -T or -p; obeying half of the command
+        # (every node, the named one ignored) would surprise whoever typed it.
+        every = f"{action} {ns.loginall if action == '-L' else ns.logoutall}"
+        named = " and ".join(
+            _FLAG[dest] for dest in ("targetname", "portal") if getattr(ns, dest) is not None
+        )
+        one = "-l" if action == "-L" else "-u"
+        raise UsageError(
+            f"{every} cannot be used with {named}: {action} acts on every node; "
+            f"to act on one node, use -T IQN [-p IP[:PORT]] {one}"
+        )
 
     if action == "-l":
         return Invocation(op="node.login", args=filters, view=View.LOGIN, **common)

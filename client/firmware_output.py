@@ -8,6 +8,9 @@ pyiscsiadm prints ``********``, because the daemon never hands secrets out of th
 
 Problems the daemon found in the table (a target without a name, a bad address) go to
 stderr first, naming the sysfs file, so that an administrator sees why a target is missing.
+With ``-l``, each target left out that way is a failed login too: the good targets are
+logged in, and the command says which entry was not and exits non-zero (7, invalid
+parameter: the table's entry is), as iscsiadm does when some of its logins fail.
 """
 
 from __future__ import annotations
@@ -87,11 +90,29 @@ def firmware_records(result: Mapping[str, Any]) -> Output:
     return out
 
 
+def _skipped_targets(result: Mapping[str, Any]) -> list[str]:
+    """The ``targetN`` entries the daemon left out (neither recorded nor logged in)."""
+    entries: list[str] = []
+    for problem in output.items(result, "problems"):
+        entry = problem.get("entry")
+        if not (problem.get("skipped") and isinstance(entry, str)):
+            continue
+        if entry.startswith("target") and entry not in entries:
+            entries.append(entry)
+    return entries
+
+
 def firmware_logins(result: Mapping[str, Any]) -> Output:
-    """``-m fw -l``: the table's problems, then iscsiadm's login lines for each target."""
+    """``-m fw -l``: the table's problems, then iscsiadm's login lines for each target,
+    and a failure for each target the table gets wrong (named by its entry, ``ibft
+    target1``; the problem lines above say what is wrong with it)."""
     out = Output()
     _problems(result, out)
-    login = output.logins(result)
+    unreached = [
+        (f"Could not login to ibft {entry}: its entry in the table cannot be used.", ExitCode.INVAL)
+        for entry in _skipped_targets(result)
+    ]
+    login = output.logins(result, unreached=unreached)
     out.lines += login.lines
     out.fail(login.exit_code)
     return out

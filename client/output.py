@@ -14,7 +14,7 @@ and the exit code) out. main.py writes it; the tests compare it line by line.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -129,9 +129,23 @@ def none_found(output: Output, message: str) -> None:
     output.fail(ExitCode.NO_OBJS_FOUND)
 
 
+def skipped_entry(entry: Mapping[str, Any]) -> str:
+    """A SendTargets reply entry the daemon left out, and why: ``SendTargets reply:
+    TargetAddress #2 of iqn...:disk1 skipped: ...``. The daemon never sends the value
+    itself (the target's bytes may be anything), only which entry it was."""
+    key, number, target = entry.get("key"), entry.get("number"), entry.get("target")
+    which = f"{key} #{number}" if number is not None else str(key)
+    if target:
+        which += f" of {target}" if key == "TargetAddress" else f" ({target})"
+    return f"SendTargets reply: {which} skipped: {entry.get('reason')}"
+
+
 def discovery_targets(result: Mapping[str, Any]) -> Output:
-    """``-m discovery -t st -p ...``: ``IP:PORT,TPGT IQN`` per target, then any logins."""
+    """``-m discovery -t st -p ...``: the reply's entries that were left out (on stderr,
+    one line each), ``IP:PORT,TPGT IQN`` per target, then any logins."""
     output = Output()
+    for entry in items(result, "skipped"):
+        output.err(skipped_entry(entry))
     targets = items(result, "targets")
     for target in targets:
         output.out(f"{colon_portal(target['portal'])},{target['tpgt']} {target['name']}")
@@ -282,13 +296,15 @@ def _reported_error(output: Output, error: object) -> int:
     return code
 
 
-def logins(result: Mapping[str, Any]) -> Output:
+def logins(result: Mapping[str, Any], *, unreached: Sequence[tuple[str, int]] = ()) -> Output:
     """``--login``, ``-L``, ``discovery -l``: iscsiadm's lines for each node, then the verdict.
 
     iscsiadm starts every login, printing ``Logging in to`` for each, then waits for them
     and prints each outcome: this keeps that order. A node that already has a session is
     not logged in again: iscsiadm warns ``default: 1 session requested, but 1 already
-    present.`` instead, and the command exits 15.
+    present.`` instead, and the command exits 15. ``unreached`` are the nodes the command
+    was for that could not even be tried (a broken firmware entry), as (message, exit
+    code): each is a failure, printed after the outcomes.
     """
     output = Output()
     entries = items(result, "logins")
@@ -312,6 +328,9 @@ def logins(result: Mapping[str, Any]) -> Output:
             continue
         output.err(f"Could not login to {_node_tag(entry)}.")
         output.fail(_reported_error(output, error))
+    for message, code in unreached:
+        output.err(message)
+        output.fail(code)
     if already_present:  # recorded last: a real failure outranks "already logged in"
         output.fail(ExitCode.SESS_EXISTS)
     if output.exit_code != ExitCode.SUCCESS:

@@ -31,6 +31,7 @@ import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 import structlog
@@ -219,14 +220,24 @@ class Arg(NamedTuple):
 
 
 class Operation(NamedTuple):
-    """``read_only`` decides who may call it; ``changes`` completes the refusal message."""
+    """``read_only`` decides who may call it; ``changes`` completes the refusal message.
+
+    ``alone`` names the arguments that take no other argument, each with the reason the
+    refusal gives: a request that names a node and asks for every node is refused rather
+    than half obeyed (one part of it silently ignored).
+    """
 
     read_only: bool
     args: Mapping[str, Arg]
     changes: str = ""
+    alone: Mapping[str, str] = MappingProxyType({})
 
 
 _FILTERS = {"target": Arg(str), "portal": Arg(str)}
+_EVERY_NODE = (
+    "'all' acts on every node, as iscsiadm's --loginall and --logoutall, which take no "
+    "-T or -p; to act on one node, name it with 'target' and 'portal' and leave out 'all'"
+)
 
 OPERATIONS: Mapping[str, Operation] = {
     "status": Operation(True, {}),
@@ -250,9 +261,17 @@ OPERATIONS: Mapping[str, Operation] = {
     ),
     "node.delete": Operation(False, dict(_FILTERS), "changes the node database"),
     "node.login": Operation(
-        False, {**_FILTERS, "all": Arg(str, choices=("all", "automatic"))}, "logs in"
+        False,
+        {**_FILTERS, "all": Arg(str, choices=("all", "automatic"))},
+        "logs in",
+        MappingProxyType({"all": _EVERY_NODE}),
     ),
-    "node.logout": Operation(False, {**_FILTERS, "all": Arg(str, choices=("all",))}, "logs out"),
+    "node.logout": Operation(
+        False,
+        {**_FILTERS, "all": Arg(str, choices=("all",))},
+        "logs out",
+        MappingProxyType({"all": _EVERY_NODE}),
+    ),
     "session.list": Operation(True, {}),
     "session.show": Operation(True, {"sid": Arg(int)}),
     "session.logout": Operation(False, {"sid": Arg(int, required=True)}, "logs out"),
@@ -391,6 +410,11 @@ def _validate(obj: dict[str, Any], request_id: int | str | None) -> Request:
     for name, arg in spec.args.items():
         if arg.required and name not in args:
             raise InvalidRequest(f"{op}: missing argument {name!r}")
+    for name, why in spec.alone.items():
+        others = [other for other in args if other != name]
+        if name in args and others:
+            named = " and ".join(repr(other) for other in others)
+            raise InvalidRequest(f"{op}: argument {name!r} cannot be used with {named}: {why}")
     return Request(request_id, op, args)
 
 

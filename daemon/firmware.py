@@ -18,8 +18,9 @@ Reading is lenient in the way open-iscsi's ``fwparam_sysfs.c`` is, because firmw
 often sloppy: a target is usable when its flags are non-zero (the spec says bit 0, "block
 valid", but some firmware only sets bit 1, "firmware booted from this"), it has a name and
 an address; a missing port means 3260. Anything wrong with one entry becomes a
-:class:`Problem` naming the file and what is wrong, and the other targets are still returned:
-one bad table entry must not keep a machine from reaching the disk it boots from.
+:class:`Problem` naming the entry (``target1``), the file and what is wrong, and the other
+targets are still returned: one bad table entry must not keep a machine from reaching the
+disk it boots from.
 
 Secrets (``chap-secret``, ``rev-chap-name-secret``) are kept out of every repr and message.
 """
@@ -29,11 +30,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import ClassVar
 
 from pyiscsid.protocol.errors import ISCSIError
+from pyiscsid.protocol.keys import InvalidValue, check_iscsi_name
 
 __all__ = [
     "DEFAULT_IBFT_PATH",
@@ -73,10 +76,17 @@ class NoFirmware(ISCSIError):
 
 @dataclass(frozen=True)
 class Problem:
-    """One thing wrong in the table: the file (or directory) to blame, and what is wrong."""
+    """One thing wrong in the table: the file (or directory) to blame, and what is wrong.
+
+    ``entry`` is the table structure it belongs to (``target1``, ``ethernet0``,
+    ``initiator``); ``skipped`` says that the whole entry was left out (a target that is
+    neither recorded nor logged in), rather than one value of it.
+    """
 
     path: Path
     message: str
+    entry: str = ""
+    skipped: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
@@ -132,6 +142,7 @@ class FirmwareTarget:
     chap_in: Chap | None = None  # mutual CHAP: what the target must answer with
     nic_index: int | None = None
     nic: Nic | None = None
+    entry: str = ""  # the sysfs directory it was read from: target0, target1...
 
     @property
     def boot_selected(self) -> bool:
@@ -183,10 +194,17 @@ def read_ibft(path: Path | str = DEFAULT_IBFT_PATH) -> Firmware:
         try:
             nic = _read_nic(directory)
         except _Bad as bad:
-            problems.append(bad.problem)
+            problems.append(replace(bad.problem, entry=directory.name, skipped=True))
             continue
         if nic.index in nics:
-            problems.append(Problem(directory / "index", f"index {nic.index} is used twice"))
+            problems.append(
+                Problem(
+                    directory / "index",
+                    f"index {nic.index} is used twice",
+                    directory.name,
+                    skipped=True,
+                )
+            )
             continue
         nics[nic.index] = nic
     targets: list[FirmwareTarget] = []
@@ -194,7 +212,7 @@ def read_ibft(path: Path | str = DEFAULT_IBFT_PATH) -> Firmware:
         try:
             target = _read_target(directory)
         except _Bad as bad:
-            problems.append(bad.problem)
+            problems.append(replace(bad.problem, entry=directory.name, skipped=True))
             continue
         if target.nic_index is not None:
             found = nics.get(target.nic_index)
@@ -204,6 +222,7 @@ def read_ibft(path: Path | str = DEFAULT_IBFT_PATH) -> Firmware:
                         directory / "nic-assoc",
                         f"names NIC {target.nic_index}, but there is no ethernet block "
                         "with that index; logging in without it",
+                        directory.name,
                     )
                 )
             else:
@@ -228,15 +247,28 @@ def _numbered(root: Path, pattern: re.Pattern[str]) -> list[Path]:
 
 def _read(path: Path, *, secret: bool = False) -> str | None:
     """One attribute's value without its newline; None when the file is absent (the
-    driver hides attributes whose field is empty). Never quotes a secret's content."""
+    driver hides attributes whose field is empty). Never quotes a secret's content.
+
+    Only a regular file is read (sysfs attributes are), and at most a page of it: a FIFO
+    or a device where an attribute should be must not hang or flood the daemon.
+    """
     try:
-        raw = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
-    except IsADirectoryError:
-        raise _Bad(Problem(path, "is a directory, expected a file")) from None
     except OSError as exc:
         raise _Bad(Problem(path, f"cannot read it: {exc.strerror or exc}")) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise _Bad(Problem(path, "is a directory, expected a file"))
+        if not stat.S_ISREG(mode):
+            raise _Bad(Problem(path, "is not a regular file"))
+        raw = os.read(fd, _MAX_VALUE + 1)
+    except OSError as exc:
+        raise _Bad(Problem(path, f"cannot read it: {exc.strerror or exc}")) from None
+    finally:
+        os.close(fd)
     if len(raw) > _MAX_VALUE:
         raise _Bad(Problem(path, f"longer than {_MAX_VALUE} bytes"))
     try:
@@ -279,12 +311,32 @@ def _address(path: Path, *, required: bool = False) -> str | None:
 
 
 def _initiator_name(directory: Path, problems: list[Problem]) -> str | None:
+    """The firmware's initiator name; one that cannot be used is a problem, and the
+    daemon's own name is used instead (a login may still be allowed with it)."""
+    path = directory / "initiator-name"
     try:
-        name = _read(directory / "initiator-name")
+        name = _read(path)
+        if name:
+            _check_name(path, name)
     except _Bad as bad:
-        problems.append(bad.problem)
+        problems.append(
+            replace(
+                bad.problem,
+                message=f"{bad.problem.message}; logging in with the daemon's initiator name",
+                entry=directory.name,
+            )
+        )
         return None
     return name or None
+
+
+def _check_name(path: Path, name: str) -> None:
+    """An iSCSI name (RFC 7143 section 4.2.7): iqn., eui. or naa., no blanks. The value
+    is quoted (as a repr): _read has refused control characters already."""
+    try:
+        check_iscsi_name(name)
+    except InvalidValue as exc:
+        raise _Bad(Problem(path, exc.reason)) from None
 
 
 def _read_nic(directory: Path) -> Nic:
@@ -336,6 +388,7 @@ def _read_target(directory: Path) -> FirmwareTarget:
         raise _Bad(Problem(directory / "target-name", "missing: the target has no name"))
     if any(c.isspace() for c in name):
         raise _Bad(Problem(directory / "target-name", f"{name!r} contains blanks"))
+    _check_name(directory / "target-name", name)
     address = _address(directory / "ip-addr", required=True)
     assert address is not None
     if address in ("0.0.0.0", "::"):
@@ -375,6 +428,7 @@ def _read_target(directory: Path) -> FirmwareTarget:
         chap=chap,
         chap_in=chap_in,
         nic_index=_integer(directory / "nic-assoc"),
+        entry=directory.name,
     )
 
 

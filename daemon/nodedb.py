@@ -35,7 +35,7 @@ from typing import ClassVar, NamedTuple
 
 from pyiscsid.protocol.discovery import DEFAULT_PORT, Portal, PortalFormatError, parse_portal
 from pyiscsid.protocol.errors import ISCSIError
-from pyiscsid.protocol.keys import InvalidValue, check_iscsi_name
+from pyiscsid.protocol.keys import MAX_ISCSI_NAME_LENGTH, InvalidValue, check_iscsi_name
 
 from . import settings
 from .keyvalue import KeyValueSyntaxError, parse_lines
@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_IFACE",
     "DEFAULT_STATE_DIR",
     "DatabaseLocked",
+    "Discovered",
     "DiscoveryRecord",
     "NoRecords",
     "NodeDB",
@@ -52,6 +53,8 @@ __all__ = [
     "NodeExists",
     "NodeRecord",
     "Problem",
+    "Skipped",
+    "target_name_problem",
 ]
 
 DEFAULT_STATE_DIR = Path("/var/lib/pyiscsid")
@@ -67,6 +70,7 @@ _END = "# END RECORD"
 _TMP_SUFFIX = ".tmp"
 _IFACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Keys of a node record that say which node it is; settings.py holds the rest.
 _NAME = "node.name"
@@ -129,6 +133,27 @@ class Problem(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+
+class Skipped(NamedTuple):
+    """A discovered target :meth:`NodeDB.add_discovered` did not record.
+
+    ``position`` is its place in the list given, ``key`` the identity key at fault
+    (``node.name``, ``node.conn[0].address``, ``node.tpgt``); ``reason`` never quotes the
+    value, which a target sent and may be anything.
+    """
+
+    position: int
+    key: str
+    reason: str
+
+
+class Discovered(NamedTuple):
+    """What :meth:`NodeDB.add_discovered` did: the node of every target it took, and the
+    targets it left out with the reason."""
+
+    records: list[NodeRecord]
+    skipped: list[Skipped]
 
 
 class _Damaged(Exception):
@@ -386,25 +411,29 @@ class NodeDB:
         discovery_address: str,
         discovery_port: int,
         targets: Sequence[tuple[str, str, int, int | None]],
-    ) -> list[NodeRecord]:
+    ) -> Discovered:
         """Record what a SendTargets discovery found; return the node of every target.
 
-        New nodes start from the defaults; nodes already recorded are left as they are
-        (their settings are the admin's). A target whose record file is damaged is left
-        alone and not returned: it is in :attr:`problems`. A tpgt of None becomes 1.
+        Each target stands on its own: one whose name or portal cannot be a record (the
+        target sent something that is not an iSCSI name, say) is left out and returned in
+        ``skipped``, and the others are recorded. New nodes start from the defaults; nodes
+        already recorded are left as they are (their settings are the admin's). A target
+        whose record file is damaged is left alone and not returned: it is in
+        :attr:`problems`. A tpgt of None becomes 1.
         """
         disc_address = _check_address(discovery_address, discovery_port)
-        made = [
-            self._make_node(
-                name,
-                address,
-                port,
-                1 if tpgt is None else tpgt,
-                disc_address,
-                discovery_port,
+        made: list[NodeRecord] = []
+        skipped: list[Skipped] = []
+        for index, (name, address, port, tpgt) in enumerate(targets):
+            fault = _identity_problem(name, address, port, 1 if tpgt is None else tpgt)
+            if fault is not None:
+                skipped.append(Skipped(index, *fault))
+                continue
+            made.append(
+                self._make_node(
+                    name, address, port, 1 if tpgt is None else tpgt, disc_address, discovery_port
+                )
             )
-            for name, address, port, tpgt in targets
-        ]
         with self._lock:
             self._check_writable()
             if (disc_address, discovery_port) not in self._discovery:
@@ -422,7 +451,45 @@ class NodeDB:
                 elif not self._node_path(node).exists():
                     self._write_node(node)
                     result.append(node)
-            return result
+            return Discovered(result, skipped)
+
+    def check(
+        self, target: str, address: str, port: int, tpgt: int, values: Mapping[str, str]
+    ) -> dict[str, str]:
+        """``values`` in canonical form, once the node's identity and every value have been
+        checked; InvalidSetting names the first one that cannot be recorded. Writes nothing."""
+        self._make_node(target, address, port, tpgt, None, None)
+        canonical: dict[str, str] = {}
+        for key, value in values.items():
+            if key in IDENTITY_KEYS:
+                raise InvalidSetting(key, value, "identifies the record and cannot be set")
+            canonical[key] = settings.validate(key, value)
+            if settings.SETTINGS[key].scope is not Scope.NODE:
+                raise InvalidSetting(key, value, "not a node setting")
+        return canonical
+
+    def record(
+        self, target: str, address: str, port: int, tpgt: int, values: Mapping[str, str]
+    ) -> NodeRecord:
+        """Create the node, or update it, with ``values`` set: all of them or none.
+
+        Everything is checked before anything is written (see :meth:`check`), and the
+        record is written once, atomically: a bad value, or a crash, never leaves a record
+        that has some of ``values`` and not the others. A new node starts from the
+        defaults; an existing one keeps its other settings.
+        """
+        canonical = self.check(target, address, port, tpgt, values)
+        node = self._make_node(target, address, port, tpgt, None, None)
+        with self._lock:
+            self._check_writable()
+            current = self._nodes.get(node.key)
+            if current is None:
+                self._check_not_damaged(self._node_path(node))
+                current = node
+            updated = _replace_settings(current, {**current.settings, **canonical})
+            if current is node or updated.settings != current.settings:
+                self._write_node(updated)
+            return updated
 
     def update(self, records: Sequence[NodeRecord], key: str, value: str) -> int:
         """Set ``key`` to ``value`` in each record that still exists; return how many.
@@ -676,6 +743,48 @@ def _read_pid(fd: int) -> str:
     with contextlib.suppress(OSError):
         return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
     return ""
+
+
+def target_name_problem(target: str) -> str | None:
+    """Why ``target``, as a target sent it, cannot name a node record, or None.
+
+    The reason never quotes the name, which may hold anything (terminal escapes, a
+    right-to-left override that makes it read as another name). The records' own rules,
+    and no character that is not printable: RFC 3722 prohibits control, formatting and
+    unassigned characters in iSCSI names, and such a name would be printed as it is.
+    """
+    if not target:
+        return "empty"
+    if _SURROGATE.search(target):
+        return "not valid UTF-8 text"
+    if not target.isprintable() or " " in target:
+        return "contains blanks, control or formatting characters"
+    if len(target.encode("utf-8")) > MAX_ISCSI_NAME_LENGTH:
+        return f"longer than {MAX_ISCSI_NAME_LENGTH} bytes"
+    if not target.lower().startswith(("iqn.", "eui.", "naa.")):
+        return "not an iSCSI name: it must start with iqn., eui. or naa."
+    if "/" in target:
+        return "contains '/'"
+    try:
+        _check_target(target)
+    except InvalidSetting:  # a rule added to _check_target and not here
+        return "not a valid iSCSI name"
+    return None
+
+
+def _identity_problem(target: str, address: str, port: int, tpgt: int) -> tuple[str, str] | None:
+    """(key, reason) for the first identity value that cannot be recorded, or None;
+    like :func:`target_name_problem`, the reason never quotes the value."""
+    reason = target_name_problem(target)
+    if reason is not None:
+        return _NAME, reason
+    try:
+        _check_address(address, port)
+    except InvalidSetting:
+        return _ADDRESS, "not a host name or IP address with a port from 1 to 65535"
+    if not 0 <= tpgt <= 65535:
+        return _TPGT, "not a portal group tag (0 to 65535)"
+    return None
 
 
 def _check_target(target: str) -> None:

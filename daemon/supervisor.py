@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import importlib.metadata
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
-from pyiscsid.protocol.discovery import Portal, parse_portal
-from pyiscsid.protocol.errors import ISCSIError
+from pyiscsid.protocol.config import ConnectionConfig
+from pyiscsid.protocol.discovery import (
+    Portal,
+    parse_portal,
+    parse_target_address,
+    send_targets_request,
+)
+from pyiscsid.protocol.errors import ISCSIError, TargetProtocolError
 
 from . import settings
 from .busypoll import BusyPoll
@@ -31,13 +38,14 @@ from .control import (
     SessionNotFound,
     error_for,
 )
-from .driver import discover
-from .firmware import Chap, Firmware, FirmwareTarget, Nic, read_ibft
+from .driver import open_connection
+from .firmware import Chap, Firmware, FirmwareTarget, Nic, Problem, read_ibft
 from .nbd import NbdServer
 from .nbd_export import LunExport
-from .nodedb import NodeDB, NodeExists, NodeRecord
+from .nodedb import NodeDB, NodeRecord, target_name_problem
 from .recovery import SessionLoggedOut, SessionState
 from .session import Session
+from .settings import InvalidSetting
 from .shutdown import ONBOOT, root_sessions
 
 try:
@@ -82,6 +90,34 @@ def _firmware_settings(target: FirmwareTarget) -> list[tuple[str, str]]:
         (f"{auth}.password_in", mutual.secret if mutual else ""),
     ]
     return values
+
+
+def _firmware_values(target: FirmwareTarget, initiator_name: str | None) -> dict[str, str]:
+    """Everything a firmware target's node record is given; the boot targets' access
+    lists know the firmware's initiator name, so the record logs in with it."""
+    return {**dict(_firmware_settings(target)), "iface.initiatorname": initiator_name or ""}
+
+
+# The iBFT file each node key comes from, to name the file when a value cannot be recorded.
+_IBFT_FILES = {
+    "node.name": "target-name",
+    "node.conn[0].address": "ip-addr",
+    "node.conn[0].port": "port",
+    "node.session.auth.username": "chap-name",
+    "node.session.auth.password": "chap-secret",
+    "node.session.auth.username_in": "rev-chap-name",
+    "node.session.auth.password_in": "rev-chap-name-secret",
+}
+
+
+def _table_order(problem: Problem) -> tuple[int, int]:
+    """Where a problem's entry is in the table: initiator, ethernetN, targetN (N in
+    numeric order), then anything else; sorting by it is stable within an entry."""
+    for rank, kind in enumerate(("initiator", "ethernet", "target")):
+        if problem.entry.startswith(kind):
+            number = problem.entry[len(kind) :]
+            return rank, int(number) if number.isdigit() else 0
+    return 3, 0
 
 
 def _chap_json(chap: Chap | None) -> dict[str, str] | None:
@@ -135,8 +171,103 @@ def _firmware_result(firmware: Firmware) -> dict[str, Any]:
             }
             for t in firmware.targets
         ],
-        "problems": [{"path": str(p.path), "message": p.message} for p in firmware.problems],
+        "problems": [
+            {"path": str(p.path), "message": p.message, "entry": p.entry, "skipped": p.skipped}
+            for p in firmware.problems
+        ],
     }
+
+
+# -- SendTargets, read entry by entry ------------------------------------------------------
+
+_ADDRESS_FORM = "not ADDRESS[:PORT][,TPGT] (RFC 7143 section 13.8)"
+
+
+@dataclasses.dataclass
+class OfferedTarget:
+    """A target of a SendTargets reply: its name, which TargetName of the reply it is
+    (1-based), its usable portals (each with which of its TargetAddress keys it came
+    from) and how many TargetAddress keys it had in all."""
+
+    name: str
+    number: int
+    portals: list[tuple[Portal, int]]
+    addresses: int = 0
+
+
+def _skip(key: str, number: int, target: str | None, reason: str) -> dict[str, Any]:
+    """A reply entry left out: which key, which one of them, the (valid) target name it
+    belongs to, and why. Never the value: the target sent it and it may be anything."""
+    return {"key": key, "number": number, "target": target, "reason": reason}
+
+
+def read_send_targets(
+    pairs: Sequence[tuple[str, str]], asked: Portal
+) -> tuple[list[OfferedTarget], list[dict[str, Any]]]:
+    """A SendTargets reply's targets (RFC 7143 Appendix C), each entry on its own.
+
+    The protocol's ``parse_send_targets`` refuses a whole reply for one bad value, which is
+    right for a codec; here one target's bad TargetName or TargetAddress must not hide the
+    others, so a bad entry is left out and said why, and the rest is used. A TargetName
+    that cannot name a node drops the TargetAddress keys after it; a target with
+    TargetAddress keys none of which can be used is left out (where we asked is not where
+    it said it is); one without any is reached where we asked (``asked``).
+    """
+    offered: dict[str, OfferedTarget] = {}
+    skipped: list[dict[str, Any]] = []
+    current: OfferedTarget | None = None
+    names = orphans = 0
+    for key, value in pairs:
+        if key == "TargetName":
+            names += 1
+            reason = target_name_problem(value)
+            if reason is not None:
+                skipped.append(_skip("TargetName", names, None, reason))
+                current = None
+                continue
+            current = offered.setdefault(value, OfferedTarget(value, names, []))
+        elif key == "TargetAddress":
+            if current is None:
+                if names == 0:
+                    orphans += 1
+                    skipped.append(
+                        _skip("TargetAddress", orphans, None, "comes before any TargetName")
+                    )
+                continue  # else it belongs to a TargetName skipped already
+            current.addresses += 1
+            try:
+                portal = parse_target_address(value)
+            except TargetProtocolError:
+                skipped.append(
+                    _skip("TargetAddress", current.addresses, current.name, _ADDRESS_FORM)
+                )
+                continue
+            if all(portal != known for known, _ in current.portals):
+                current.portals.append((portal, current.addresses))
+    targets: list[OfferedTarget] = []
+    for target in offered.values():
+        if not target.portals and target.addresses:
+            reason = "none of its TargetAddress values can be used"
+            skipped.append(_skip("TargetName", target.number, target.name, reason))
+        else:
+            targets.append(target)
+    return targets, skipped
+
+
+async def send_targets(
+    portal: Portal, config: ConnectionConfig, *, login_timeout: float
+) -> list[tuple[str, str]]:
+    """The keys of a SendTargets reply, unparsed: log in, ask, log out (RFC 7143
+    Appendix C). As ``driver.discover``, which parses the reply all or nothing."""
+    config = dataclasses.replace(config, target_name=None, noop_out_interval=0)
+    conn = await open_connection(portal, config, login_timeout=login_timeout)
+    try:
+        return await conn.text(send_targets_request("All"), timeout=login_timeout)
+    finally:
+        try:
+            await conn.logout(timeout=login_timeout)
+        except (ISCSIError, TimeoutError):
+            conn.close()
 
 
 def fail_sessions_using(sessions: Iterable[Session], address: str) -> None:
@@ -236,21 +367,43 @@ class Supervisor:
         )
         timeout = float(settings.get(discovery, "discovery.sendtargets.timeo.login_timeout"))
         self.log.info("discovery", portal=portal.address_port, ISCSI_EVENT="discovery")
-        targets = await discover(portal, config, login_timeout=timeout)
-        entries = [
-            (target.name, p.address, p.port, p.tpgt if p.tpgt is not None else 1)
-            for target in targets
-            for p in target.portals
-        ]
-        records = self.nodedb.add_discovered(portal.address, portal.port, entries)
+        pairs = await send_targets(portal, config, login_timeout=timeout)
+        targets, skipped = read_send_targets(pairs, portal)
+        entries: list[tuple[str, str, int, int]] = []
+        origins: list[tuple[OfferedTarget, int | None]] = []  # the target, its TargetAddress
+        for target in targets:
+            where: list[tuple[Portal, int | None]] = [*target.portals] or [(portal, None)]
+            for p, number in where:
+                tpgt = p.tpgt if p.tpgt is not None else 1
+                entries.append((target.name, p.address, p.port, tpgt))
+                origins.append((target, number))
+        added = self.nodedb.add_discovered(portal.address, portal.port, entries)
+        left_out: set[int] = set()
+        for bad in added.skipped:  # what the node database refused, in the reply's terms
+            left_out.add(bad.position)
+            target, number = origins[bad.position]
+            if bad.key == "node.name" or number is None:
+                name = None if bad.key == "node.name" else target.name
+                entry = _skip("TargetName", target.number, name, bad.reason)
+            else:
+                entry = _skip("TargetAddress", number, target.name, bad.reason)
+            if entry not in skipped:
+                skipped.append(entry)
+        for entry in skipped:
+            self.log.warning(
+                "discovery entry skipped", portal=portal.address_port, key=entry["key"],
+                number=entry["number"], ISCSI_TARGET=entry["target"], reason=entry["reason"],
+            )  # fmt: skip
         result: dict[str, Any] = {
             "targets": [
                 {"name": name, "portal": Portal(address, port).address_port, "tpgt": tpgt}
-                for name, address, port, tpgt in entries
-            ]
+                for index, (name, address, port, tpgt) in enumerate(entries)
+                if index not in left_out
+            ],
+            "skipped": skipped,
         }
         if args.get("login"):
-            result["logins"] = await self._login_all(records)
+            result["logins"] = await self._login_all(added.records)
         return result
 
     async def _discovery_list(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
@@ -571,15 +724,38 @@ class Supervisor:
     # ------------------------------------------------------------- firmware (iBFT)
 
     async def _read_firmware(self) -> Firmware:
-        """The iBFT at the configured path; sysfs reads are quick but still file I/O,
-        so they run off the event loop. Every problem found is logged (never a secret:
-        problems do not carry values of secret files)."""
+        """The iBFT at the configured path, with only the targets that can be recorded.
+
+        Each target is checked on its own, the node record it would get included (every
+        value, before anything is written): one that cannot be recorded is left out of
+        ``targets`` and named in ``problems``, and the others are unaffected. sysfs reads
+        are quick but still file I/O, so they run off the event loop. Every problem is
+        logged with the entry it belongs to (never a secret: problems do not carry
+        values of secret files, and a refused secret setting is not quoted).
+        """
         path = self.config.ibft_path
         firmware = await asyncio.to_thread(read_ibft, path)
-        for problem in firmware.problems:
-            self.log.warning("ibft entry skipped or incomplete", path=str(problem.path),
-                             reason=problem.message)  # fmt: skip
-        return firmware
+        targets: list[FirmwareTarget] = []
+        problems = list(firmware.problems)
+        for target in firmware.targets:
+            values = _firmware_values(target, firmware.initiator_name)
+            try:
+                self.nodedb.check(target.name, target.address, target.port, 1, values)
+            except InvalidSetting as exc:
+                where = firmware.path / target.entry / _IBFT_FILES.get(exc.key, "")
+                if exc.key == "iface.initiatorname":
+                    where = firmware.path / "initiator" / "initiator-name"
+                message = f"cannot be recorded as a node: {exc}"
+                problems.append(Problem(where, message, target.entry, skipped=True))
+                continue
+            targets.append(target)
+        problems.sort(key=_table_order)  # the reader's and ours, one entry after the other
+        for problem in problems:
+            self.log.warning(
+                "ibft entry skipped" if problem.skipped else "ibft entry incomplete",
+                entry=problem.entry, path=str(problem.path), reason=problem.message,
+            )  # fmt: skip
+        return dataclasses.replace(firmware, targets=tuple(targets), problems=tuple(problems))
 
     async def _fw_show(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         firmware = await self._read_firmware()
@@ -588,6 +764,11 @@ class Supervisor:
     async def _fw_login(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         """Record each usable firmware target as an ``onboot`` node with the table's CHAP
         settings, then log in to them as ``node.login`` does.
+
+        Each target stands on its own: one the table gets wrong is in ``problems`` (with
+        ``skipped``) and never reaches the node database, and one whose record cannot be
+        written has a failed entry in ``logins``; the others are recorded and logged in all
+        the same. A record is written once with all its values, or not at all.
 
         The firmware's values win over whatever an existing record says: the boot disk
         must be reached with what the firmware used, or the next boot differs from this
@@ -601,33 +782,45 @@ class Supervisor:
                 f"no usable target in the iBFT at {firmware.path}"
                 + (f": {reasons}" if reasons else "")
             )
-        # The boot targets' access lists know the firmware's initiator name: log in with it.
-        records = [
-            self._record_firmware_target(target, firmware.initiator_name)
-            for target in firmware.targets
-        ]
+        outcomes: list[NodeRecord | dict[str, Any]] = []
+        for target in firmware.targets:
+            try:
+                outcomes.append(self._record_firmware_target(target, firmware.initiator_name))
+            except ISCSIError as exc:  # the database cannot take it: a damaged file in the way
+                portal = Portal(target.address, target.port).address_port
+                self.log.warning(
+                    "firmware target not recorded", entry=target.entry, reason=str(exc),
+                    ISCSI_TARGET=target.name, ISCSI_PORTAL=portal,
+                )  # fmt: skip
+                error = _error_dict(exc)
+                outcomes.append(
+                    {"target": target.name, "portal": portal, "ok": False, "error": error}
+                )
+        records = [o for o in outcomes if isinstance(o, NodeRecord)]
+        logins = iter(await self._login_all(records))
         result = _firmware_result(firmware)
-        result["logins"] = await self._login_all(records)
+        result["logins"] = [next(logins) if isinstance(o, NodeRecord) else o for o in outcomes]
         return result
 
     def _record_firmware_target(
         self, target: FirmwareTarget, initiator_name: str | None
     ) -> NodeRecord:
+        """The target's node record(s), each created or updated in one write. A record of
+        that target and portal that exists already (under another portal group tag, from
+        a discovery) is the one updated, as a new one would be a second node."""
         portal = Portal(target.address, target.port).address_port
-        found = self.nodedb.nodes(target=target.name, portal=portal)
-        if not found:
-            # Created meanwhile by another request: it is updated below all the same.
-            with contextlib.suppress(NodeExists):
-                self.nodedb.new(target.name, target.address, target.port, 1)
-            found = self.nodedb.nodes(target=target.name, portal=portal)
-        for key, value in _firmware_settings(target):
-            self.nodedb.update(found, key, value)
-        self.nodedb.update(found, "iface.initiatorname", initiator_name or "")
+        values = _firmware_values(target, initiator_name)
+        tpgts = sorted({r.tpgt for r in self.nodedb.nodes(target=target.name, portal=portal)})
+        records = [
+            self.nodedb.record(target.name, target.address, target.port, tpgt, values)
+            for tpgt in tpgts or [1]
+        ]
         self.log.info(
-            "firmware target recorded", ISCSI_TARGET=target.name, ISCSI_PORTAL=portal,
-            chap=target.chap is not None, mutual_chap=target.chap_in is not None,
+            "firmware target recorded", entry=target.entry, ISCSI_TARGET=target.name,
+            ISCSI_PORTAL=portal, chap=target.chap is not None,
+            mutual_chap=target.chap_in is not None,
         )  # fmt: skip
-        return self.nodedb.nodes(target=target.name, portal=portal, must_match=True)[0]
+        return records[0]
 
     # ------------------------------------------------------------- link events
 

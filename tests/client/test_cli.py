@@ -214,7 +214,6 @@ def test_node_named_without_op_shows_the_record() -> None:
         (["-m", "node", "-L", "all", "-U", "all"], "cannot be used together"),
         (["-m", "node", "-L", "manual"], "invalid choice: 'manual'"),
         (["-m", "node", "-U", "automatic"], "invalid choice: 'automatic'"),
-        (["-m", "node", "-L", "all", "-T", IQN], "takes no -T or -p"),
         (["-m", "node", "-o", "new", "-T", IQN], "-o new needs both -T IQN and -p"),
         (["-m", "node", "-o", "new", "-p", "127.0.0.1"], "-o new needs both"),
         (["-m", "node", "-o", "update", "-n", "node.startup"], "-n KEY -v VALUE"),
@@ -233,6 +232,31 @@ def test_node_named_without_op_shows_the_record() -> None:
 )
 def test_node_usage_errors(argv: list[str], says: str) -> None:
     assert says in usage_error(*argv)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["-L", "all", "-T", IQN], "-L all cannot be used with -T: "),
+        (["--loginall=automatic", "-p", "10.0.0.1"], "-L automatic cannot be used with -p: "),
+        (["-L", "all", "-T", IQN, "-p", "10.0.0.1"], "-L all cannot be used with -T and -p: "),
+        (["-U", "all", "-T", IQN], "-U all cannot be used with -T: "),
+        (["-U", "all", "-p", "10.0.0.1:3260"], "-U all cannot be used with -p: "),
+    ],
+)
+def test_login_or_logout_of_all_refuses_a_named_node(argv: list[str], says: str) -> None:
+    """iscsiadm's --loginall/--logoutall take no -T or -p: the command is refused (exit 7)
+    before the daemon is asked, rather than acting on every node and ignoring the one named."""
+    message = usage_error("-m", "node", *argv)
+    assert message.startswith(says)
+    one = "-l" if "-L" in says else "-u"
+    assert message.endswith(
+        f"acts on every node; to act on one node, use -T IQN [-p IP[:PORT]] {one}"
+    )
+    out, err = io.StringIO(), io.StringIO()
+    code = run(["-m", "node", *argv, "--socket", "/nonexistent/pyiscsid.sock"], out, err)
+    assert (code, out.getvalue()) == (7, "")  # not 20: no daemon was asked
+    assert f"pyiscsiadm: error: {says}" in err.getvalue()
 
 
 def test_iface_default_is_accepted() -> None:

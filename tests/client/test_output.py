@@ -69,6 +69,31 @@ def test_discovery_targets_with_logins() -> None:
     assert out.exit_code == 0
 
 
+def test_discovery_prints_the_skipped_entries_of_the_reply() -> None:
+    result = {
+        "targets": [{"name": IQN1, "portal": PORTAL, "tpgt": 1}],
+        "skipped": [
+            {"key": "TargetAddress", "number": 1, "target": IQN2, "reason": "not ADDRESS"},
+            {"key": "TargetName", "number": 2, "target": IQN2, "reason": "no address left"},
+            {"key": "TargetName", "number": 3, "target": None, "reason": "not an iSCSI name"},
+        ],
+    }
+    out = output.discovery_targets(result)
+    assert out.stdout == [f"127.0.0.1:3260,1 {IQN1}"]
+    assert out.stderr == [
+        f"pyiscsiadm: SendTargets reply: TargetAddress #1 of {IQN2} skipped: not ADDRESS",
+        f"pyiscsiadm: SendTargets reply: TargetName #2 ({IQN2}) skipped: no address left",
+        "pyiscsiadm: SendTargets reply: TargetName #3 skipped: not an iSCSI name",
+    ]
+    assert out.exit_code == 0  # the discovery itself worked: what could be used is recorded
+    nothing = output.discovery_targets({"targets": [], "skipped": result["skipped"][2:]})
+    assert nothing.stderr == [
+        "pyiscsiadm: SendTargets reply: TargetName #3 skipped: not an iSCSI name",
+        "pyiscsiadm: No portals found",
+    ]
+    assert nothing.exit_code == 21
+
+
 def test_discovery_finds_nothing() -> None:
     out = output.discovery_targets({"targets": []})
     assert out.stdout == []

@@ -5,6 +5,7 @@ newline-terminated value per file, absent files for empty fields."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,12 @@ def test_a_file_instead_of_a_directory_is_no_firmware(tmp_path: Path) -> None:
         (target_files(0, BOOT, flags=0), "flags", "marks this target block unused"),
         (target_files(0, BOOT, lun="zz"), "lun", "'zz' is not hexadecimal"),
         (
+            target_files(0, "boot-disk"),
+            "target-name",
+            "'boot-disk' is not an iSCSI name (iqn.…, eui.… or naa.…",
+        ),
+        (target_files(0, "iqn." + "x" * 230), "target-name", "longer than 223 bytes"),
+        (
             {k: v for k, v in target_files(0, BOOT).items() if k != "ip-addr"},
             "ip-addr",
             "missing",
@@ -203,10 +210,58 @@ def test_a_malformed_target_is_reported_and_the_others_still_returned(
     )
     firmware = read_ibft(root)
     assert [t.name for t in firmware.targets] == [DATA]
+    assert firmware.targets[0].entry == "target1"
     (problem,) = firmware.problems
     assert problem.path == root / "target0" / bad_file
     assert message in problem.message
     assert str(problem).startswith(f"{root}/target0/{bad_file}: ")
+    assert (problem.entry, problem.skipped) == ("target0", True)
+
+
+def _self_loop(path: Path) -> None:
+    path.symlink_to(path.name)  # reading it fails with ELOOP, even as root
+
+
+@pytest.mark.timeout(10)  # a FIFO read without a writer would block: fail fast instead
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_self_loop, "cannot read it: Too many levels of symbolic links"),
+        (os.mkfifo, "is not a regular file"),
+        (Path.mkdir, "is a directory, expected a file"),
+    ],
+)
+def test_an_unreadable_attribute_costs_only_its_target(
+    tmp_path: Path, make: Any, message: str
+) -> None:
+    root = build_ibft(
+        tmp_path / "ibft",
+        nics=[nic_files(0)],
+        targets=[target_files(0, BOOT, chap=("u", SECRET)), target_files(1, DATA)],
+    )
+    (root / "target0" / "chap-secret").unlink()
+    make(root / "target0" / "chap-secret")
+    firmware = read_ibft(root)
+    assert [t.name for t in firmware.targets] == [DATA]
+    (problem,) = firmware.problems
+    assert (problem.path, problem.message) == (root / "target0" / "chap-secret", message)
+    assert (problem.entry, problem.skipped) == ("target0", True)
+
+
+def test_an_invalid_initiator_name_is_named_and_the_daemons_is_used(tmp_path: Path) -> None:
+    root = build_ibft(
+        tmp_path / "ibft",
+        initiator="firmware host",
+        nics=[nic_files(0)],
+        targets=[target_files(0, BOOT)],
+    )
+    firmware = read_ibft(root)
+    assert firmware.initiator_name is None
+    assert [t.name for t in firmware.targets] == [BOOT]
+    (problem,) = firmware.problems
+    assert problem.path == root / "initiator" / "initiator-name"
+    assert problem.message.endswith("; logging in with the daemon's initiator name")
+    assert (problem.entry, problem.skipped) == ("initiator", False)
 
 
 def test_chap_name_without_secret_is_reported_without_any_secret(tmp_path: Path) -> None:
@@ -279,7 +334,7 @@ def test_lun_forms_and_the_kernel_name_of_the_mutual_secret(tmp_path: Path) -> N
         targets=[
             target_files(0, BOOT, lun="0005000000000000"),
             alt,
-            target_files(2, "x", lun="0a10"),
+            target_files(2, "iqn.2026-11.test:x", lun="0a10"),
         ],
     )
     firmware = read_ibft(root)
@@ -314,11 +369,46 @@ def test_the_path_comes_from_the_config_file(tmp_path: Path) -> None:
 # -- control operations ------------------------------------------------------------------
 
 
+class Recorder:
+    """A logger that keeps every event as (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def debug(self, event: str, **kw: Any) -> None:
+        self.events.append(("debug", event, kw))
+
+    def info(self, event: str, **kw: Any) -> None:
+        self.events.append(("info", event, kw))
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self.events.append(("warning", event, kw))
+
+    def error(self, event: str, **kw: Any) -> None:
+        self.events.append(("error", event, kw))
+
+    def named(self, event: str) -> list[dict[str, Any]]:
+        return [fields for _, name, fields in self.events if name == event]
+
+
 @pytest.fixture
 def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
     config = dataclasses.replace(DaemonConfig(), ibft_path=tmp_path / "ibft")
     with NodeDB(tmp_path / "state", config.node_defaults) as nodedb:
-        yield Supervisor(config, nodedb, "iqn.2026-11.test.pyiscsid:daemon")
+        yield Supervisor(config, nodedb, "iqn.2026-11.test.pyiscsid:daemon", logger=Recorder())
+
+
+@pytest.fixture
+def logins(supervisor: Supervisor, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The records fw.login logs in to; each login succeeds (no target is needed)."""
+    logged: list[Any] = []
+
+    async def fake_login_all(records: Any, *, attempts: int = 1) -> list[dict[str, Any]]:
+        logged.extend(records)
+        return [{"target": r.target, "portal": r.portal, "ok": True, "sid": 1} for r in records]
+
+    monkeypatch.setattr(supervisor, "_login_all", fake_login_all)
+    return logged
 
 
 async def test_fw_show_masks_secrets(supervisor: Supervisor, tmp_path: Path) -> None:
@@ -383,3 +473,137 @@ async def test_fw_login_without_usable_targets_says_why(
     assert "no usable target in the iBFT" in error.message
     assert "target0/target-name: missing" in error.message
     assert supervisor.nodedb.nodes() == []
+
+
+# -- one bad entry costs only itself ---------------------------------------------------------
+
+BAD_NAME, SPACED, BAD_SECRET = (
+    "boot-disk",  # not an iSCSI name: no iqn., eui. or naa.
+    "iqn.2026-11.test.pyiscsid:spaced",
+    "iqn.2026-11.test.pyiscsid:bad-secret",
+)
+SECRET_2, SECRET_4 = "fw-secret-000002", " fw-secret-000004"  # a blank: not recordable
+
+
+def mixed_table(root: Path) -> Path:
+    """target0 and target3 are good; target1's name is not an iSCSI name; target2's CHAP
+    name starts with a blank and target4's secret does: the reader takes those two, but no
+    node record can hold them."""
+    return build_ibft(
+        root,
+        nics=[nic_files(0)],
+        targets=[
+            target_files(0, BOOT, chap=("boot-user", SECRET)),
+            target_files(1, BAD_NAME, chap=("u", SECRET + "1")),
+            target_files(2, SPACED, chap=(" spaced-user", SECRET_2)),
+            target_files(3, DATA, flags=1, lun="00000000"),
+            target_files(4, BAD_SECRET, chap=("u4", SECRET_4)),
+        ],
+    )
+
+
+def _no_secret_in(*texts: str) -> None:
+    for text in texts:
+        for secret in (SECRET, SECRET + "1", SECRET_2, SECRET_4.strip()):
+            assert secret not in text
+
+
+async def test_fw_login_logs_in_the_good_targets_and_names_each_bad_one(
+    supervisor: Supervisor, tmp_path: Path, logins: list[Any]
+) -> None:
+    root = mixed_table(tmp_path / "ibft")
+    result = await supervisor.handle("fw.login", {}, ROOT_PEER)
+    assert [(e["target"], e["ok"]) for e in result["logins"]] == [(BOOT, True), (DATA, True)]
+    assert [r.target for r in logins] == [BOOT, DATA]
+    assert [t["name"] for t in result["targets"]] == [BOOT, DATA]
+    assert [n.target for n in supervisor.nodedb.nodes()] == [BOOT, DATA]
+    assert all(n.startup == "onboot" for n in supervisor.nodedb.nodes())
+    problems = [(p["entry"], p["skipped"], p["path"]) for p in result["problems"]]
+    assert problems == [
+        ("target1", True, f"{root}/target1/target-name"),
+        ("target2", True, f"{root}/target2/chap-name"),
+        ("target4", True, f"{root}/target4/chap-secret"),
+    ]
+    messages = [p["message"] for p in result["problems"]]
+    assert messages[0].startswith("'boot-disk' is not an iSCSI name")
+    assert messages[1] == (
+        "cannot be recorded as a node: node.session.auth.username =  spaced-user: "
+        "must not begin or end with a blank"
+    )
+    assert messages[2] == (
+        "cannot be recorded as a node: node.session.auth.password: "
+        "must not begin or end with a blank"
+    )
+    skipped = supervisor.log.named("ibft entry skipped")  # type: ignore[attr-defined]
+    assert [(e["entry"], e["path"]) for e in skipped] == [(e, p) for e, _, p in problems]
+    _no_secret_in(repr(result), repr(supervisor.log.events))  # type: ignore[attr-defined]
+
+
+async def test_fw_login_never_leaves_a_half_written_record(
+    supervisor: Supervisor, tmp_path: Path, logins: list[Any]
+) -> None:
+    """Before, the node was created, then node.startup = onboot and authmethod = CHAP were
+    written, and the bad CHAP name failed the request: a half-made onboot record stayed."""
+    build_ibft(
+        tmp_path / "ibft",
+        nics=[nic_files(0)],
+        targets=[
+            target_files(0, SPACED, chap=(" spaced-user", SECRET_2)),
+            target_files(1, BOOT, chap=("boot-user", SECRET)),
+        ],
+    )
+    state = tmp_path / "state"
+    try:
+        await supervisor.handle("fw.login", {}, ROOT_PEER)
+    finally:  # whatever the request did: no record of the bad target, whole or in part
+        assert not (state / "nodes" / SPACED).exists()
+    assert [p.relative_to(state / "nodes").parts[0] for p in state.glob("nodes/*/*/*")] == [BOOT]
+    assert not list(state.rglob(".*.tmp"))
+    again = NodeDB(state)  # what a restart would find on disk (load needs no lock)
+    assert again.load() == []
+    assert [(n.target, n.startup) for n in again.nodes()] == [(BOOT, "onboot")]
+
+
+async def test_a_record_of_a_target_whose_entry_broke_is_left_as_it_is(
+    supervisor: Supervisor, tmp_path: Path, logins: list[Any]
+) -> None:
+    two_target_table(tmp_path / "ibft")
+    await supervisor.handle("fw.login", {}, ROOT_PEER)
+    path = next((tmp_path / "state" / "nodes" / BOOT).glob("*/default"))
+    before = path.read_bytes()
+    (tmp_path / "ibft" / "target0" / "chap-name").write_text(" boot-user\n")
+    result = await supervisor.handle("fw.login", {}, ROOT_PEER)
+    assert [e["target"] for e in result["logins"]] == [DATA]
+    assert [(p["entry"], p["skipped"]) for p in result["problems"]] == [("target0", True)]
+    assert path.read_bytes() == before
+
+
+async def test_a_record_that_cannot_be_written_fails_that_login_only(
+    supervisor: Supervisor, tmp_path: Path, logins: list[Any]
+) -> None:
+    two_target_table(tmp_path / "ibft")
+    damaged = tmp_path / "state" / "nodes" / BOOT / "127.0.0.1,3260,1" / "default"
+    damaged.parent.mkdir(parents=True)
+    damaged.write_text("not a record\n")
+    assert len(supervisor.nodedb.load()) == 1
+    result = await supervisor.handle("fw.login", {}, ROOT_PEER)
+    boot, data = result["logins"]
+    assert (boot["target"], boot["ok"], boot["error"]["code"]) == (BOOT, False, "database")
+    assert "could not be loaded" in boot["error"]["message"]
+    assert (data["target"], data["ok"]) == (DATA, True)
+    assert damaged.read_text() == "not a record\n"
+
+
+async def test_fw_show_lists_the_good_targets_and_names_the_bad_ones(
+    supervisor: Supervisor, tmp_path: Path
+) -> None:
+    root = mixed_table(tmp_path / "ibft")
+    result = await supervisor.handle("fw.show", {}, ROOT_PEER)
+    assert [t["name"] for t in result["targets"]] == [BOOT, DATA]
+    assert [(p["entry"], p["path"]) for p in result["problems"]] == [
+        ("target1", f"{root}/target1/target-name"),
+        ("target2", f"{root}/target2/chap-name"),
+        ("target4", f"{root}/target4/chap-secret"),
+    ]
+    assert supervisor.nodedb.nodes() == []  # show writes nothing
+    _no_secret_in(repr(result))

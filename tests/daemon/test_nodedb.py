@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pyiscsid.daemon import nodedb as nodedb_module
 from pyiscsid.daemon import settings
 from pyiscsid.daemon.nodedb import (
     DatabaseLocked,
@@ -18,6 +19,8 @@ from pyiscsid.daemon.nodedb import (
     NodeRecord,
     NoRecords,
     Problem,
+    Skipped,
+    target_name_problem,
 )
 from pyiscsid.daemon.settings import InvalidSetting, Scope
 from pyiscsid.protocol.errors import ISCSIError
@@ -234,16 +237,17 @@ def test_writes_need_open(state: Path) -> None:
 
 
 def test_add_discovered_keeps_existing_settings(db: NodeDB, state: Path) -> None:
-    found = db.add_discovered(
+    found, skipped = db.add_discovered(
         "127.0.0.1", 3260, [(DISK1, "127.0.0.1", 3260, 1), (DISK2, "127.0.0.1", 3260, None)]
     )
+    assert skipped == []
     assert [(n.target, n.tpgt) for n in found] == [(DISK1, 1), (DISK2, 1)]
     assert all(n.discovery_type == "send_targets" for n in found)
     assert all((n.discovery_address, n.discovery_port) == ("127.0.0.1", 3260) for n in found)
     db.update(db.nodes(DISK1), "node.session.auth.username", "alice")
     again = db.add_discovered(
         "127.0.0.1", 3260, [(DISK1, "127.0.0.1", 3260, 1), (DISK3, "127.0.0.1", 3260, 1)]
-    )
+    ).records
     assert again[0].settings["node.session.auth.username"] == "alice"
     assert again[1].settings["node.session.auth.username"] == ""
     assert len(db.nodes()) == 3
@@ -275,13 +279,132 @@ def test_delete_discovery(db: NodeDB) -> None:
     assert db.discovery_records() == []
 
 
-def test_bad_discovered_target_writes_nothing(db: NodeDB, state: Path) -> None:
-    with pytest.raises(InvalidSetting, match=r"^node.name"):
-        db.add_discovered(
-            "127.0.0.1", 3260, [(DISK1, "127.0.0.1", 3260, 1), ("iqn.x/../..", "h", 1, 1)]
-        )
+HOSTILE = "\x1b]0;pwned\x07"  # a terminal escape: set the window title
+
+
+def test_a_bad_discovered_target_is_skipped_and_the_others_recorded(
+    db: NodeDB, state: Path
+) -> None:
+    """One target's bad name (or tpgt) in a discovery no longer costs the good ones their
+    records; each bad one is returned with its key and a reason that does not quote it."""
+    added = db.add_discovered(
+        "127.0.0.1",
+        3260,
+        [
+            (DISK1, "127.0.0.1", 3260, 1),
+            ("iqn.x/../..", "127.0.0.1", 3260, 1),
+            ("host1", "127.0.0.1", 3260, 1),
+            (f"iqn.2026-11.org.example:{HOSTILE}", "127.0.0.1", 3260, 1),
+            (DISK2, "127.0.0.1", 3260, 70000),
+            (DISK3, "127.0.0.1", 3261, None),
+        ],
+    )
+    assert [(n.target, n.port) for n in added.records] == [(DISK1, 3260), (DISK3, 3261)]
+    assert added.skipped == [
+        Skipped(1, "node.name", "contains '/'"),
+        Skipped(2, "node.name", "not an iSCSI name: it must start with iqn., eui. or naa."),
+        Skipped(3, "node.name", "contains blanks, control or formatting characters"),
+        Skipped(4, "node.tpgt", "not a portal group tag (0 to 65535)"),
+    ]
+    assert not any("\x1b" in s.reason or "host1" in s.reason for s in added.skipped)
+    assert [n.target for n in db.nodes()] == [DISK1, DISK3]
+    assert [p.relative_to(state).as_posix() for p in all_files(state)] == [
+        "lock",
+        f"nodes/{DISK1}/127.0.0.1,3260,1/default",
+        f"nodes/{DISK3}/127.0.0.1,3261,1/default",
+        "send_targets/127.0.0.1,3260/st_config",
+    ]
+    assert [n.target for n in reopen(db).nodes()] == [DISK1, DISK3]
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("", "empty"),
+        ("host1", "not an iSCSI name: it must start with iqn., eui. or naa."),
+        ("iqn.2026-11.org.example:a b", "contains blanks, control or formatting characters"),
+        ("iqn.2026-11.org.example:a\u2028b", "contains blanks, control or formatting characters"),
+        (
+            "iqn.2026-11.org.example:\u202egpj.exe",
+            "contains blanks, control or formatting characters",
+        ),
+        ("iqn.2026-11.org.example:caf\u00e9", None),
+        ("iqn.2026-11.org.example:\udcff", "not valid UTF-8 text"),
+        ("iqn.2026-11.org.example:" + "x" * 200, "longer than 223 bytes"),
+        ("iqn.2026-11.org.example:../x", "contains '/'"),
+        (DISK1, None),
+        ("eui.02004567A425678D", None),
+    ],
+)
+def test_target_name_problem_never_quotes_the_name(name: str, reason: str | None) -> None:
+    assert target_name_problem(name) == reason
+
+
+# -- record: all values or none, one write ----------------------------------------------------
+
+AUTH = "node.session.auth"
+
+
+def test_record_creates_a_node_with_every_value_in_one_write(
+    db: NodeDB, state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[Path] = []
+    real = nodedb_module._write_record
+
+    def counted(path: Path, lines: list[tuple[str, str]], root: Path) -> None:
+        writes.append(path)
+        real(path, lines, root)
+
+    monkeypatch.setattr(nodedb_module, "_write_record", counted)
+    values = {
+        "node.startup": "onboot",
+        f"{AUTH}.authmethod": "chap",
+        f"{AUTH}.username": "boot-user",
+        f"{AUTH}.password": "boot-secret-1",
+    }
+    node = db.record(DISK1, "127.0.0.1", 3260, 1, values)
+    assert writes == [record_path(state, DISK1, "127.0.0.1,3260,1")]
+    assert node.startup == "onboot"
+    assert node.settings[f"{AUTH}.authmethod"] == "CHAP"  # canonical
+    assert node.settings[f"{AUTH}.password"] == "boot-secret-1"
+    assert node.settings["node.session.queue_depth"] == "32"  # the rest: the defaults
+    assert reopen(db).nodes() == [node]
+
+
+def test_record_with_one_bad_value_writes_nothing(db: NodeDB, state: Path) -> None:
+    values = {
+        "node.startup": "onboot",
+        f"{AUTH}.authmethod": "CHAP",
+        f"{AUTH}.username": " boot-user",  # a blank at the start: refused
+        f"{AUTH}.password": "boot-secret-1",
+    }
+    with pytest.raises(InvalidSetting, match=rf"^{AUTH}.username = .*begin or end with a blank"):
+        db.record(DISK1, "127.0.0.1", 3260, 1, values)
     assert db.nodes() == []
     assert not (state / "nodes").exists()
+
+    db.new(DISK1, "127.0.0.1", 3260)
+    db.update(db.nodes(), f"{AUTH}.username_in", "old-target-user")
+    path = record_path(state, DISK1, "127.0.0.1,3260,1")
+    before = path.read_bytes()
+    bad_secret = {**values, f"{AUTH}.username": "ok", f"{AUTH}.password": " secret-with-a-blank"}
+    with pytest.raises(InvalidSetting) as info:
+        db.record(DISK1, "127.0.0.1", 3260, 1, bad_secret)
+    assert str(info.value) == f"{AUTH}.password: must not begin or end with a blank"
+    assert path.read_bytes() == before  # not one of the values written
+    assert reopen(db).nodes()[0].startup == "automatic"
+
+
+def test_record_updates_an_existing_node_and_keeps_its_other_settings(db: NodeDB) -> None:
+    db.new(DISK1, "127.0.0.1", 3260)
+    db.update(db.nodes(), "node.session.queue_depth", "8")
+    node = db.record(DISK1, "127.0.0.1", 3260, 1, {"node.startup": "onboot"})
+    assert (node.startup, node.settings["node.session.queue_depth"]) == ("onboot", "8")
+    assert reopen(db).nodes() == [node]
+    with pytest.raises(InvalidSetting, match=r"^node.name: identifies the record"):
+        db.record(DISK1, "127.0.0.1", 3260, 1, {"node.name": DISK2})
+    with pytest.raises(InvalidSetting, match=r"^node.name"):
+        db.record("host1", "127.0.0.1", 3260, 1, {"node.startup": "onboot"})
 
 
 # -- damaged records ----------------------------------------------------------------------------
@@ -329,7 +452,9 @@ def test_damaged_record_is_reported_and_skipped(
     assert bad.read_text() == damaged  # never deleted or rewritten
     with pytest.raises(NodeDBError, match=r"could not be loaded"):
         db.new(DISK2, "127.0.0.1", 3260)
-    assert db.add_discovered("127.0.0.1", 3260, [(DISK2, "127.0.0.1", 3260, 1)]) == []
+    assert db.add_discovered("127.0.0.1", 3260, [(DISK2, "127.0.0.1", 3260, 1)]) == ([], [])
+    with pytest.raises(NodeDBError, match=r"could not be loaded"):
+        db.record(DISK2, "127.0.0.1", 3260, 1, {"node.startup": "onboot"})
     assert bad.read_text() == damaged
 
 

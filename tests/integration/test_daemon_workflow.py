@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import tempfile
@@ -341,3 +342,76 @@ def test_a_logged_in_lun_is_served_over_nbd_until_logout(tgt: TgtDisk, daemon: D
         ["nbdinfo", "--list", "--json", uri], capture_output=True, text=True, timeout=30
     )
     assert gone.returncode == 0 and json.loads(gone.stdout)["exports"] == []
+
+
+def test_login_or_logout_of_all_with_a_named_node_is_refused(
+    two_targets: TgtDisk, daemon: Daemon
+) -> None:
+    """`all` means every node; a request that also names one is refused by the client (as
+    iscsiadm refuses -L/-U with -T or -p) and by the daemon for raw requests, instead of
+    acting on every node and ignoring the name."""
+    tgt, portal = two_targets, portal_of(two_targets)
+    tgt.target.unbind_account(tgt.tid, USER)  # both log in without CHAP
+    assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
+
+    # Before, the daemon ignored the target and logged in to every node.
+    refused = daemon.request("node.login", {"all": "all", "target": DISK2})
+    assert refused["ok"] is False
+    assert (refused["error"]["code"], refused["error"]["exit"]) == ("invalid", 7)
+    assert refused["error"]["message"].startswith(
+        "node.login: argument 'all' cannot be used with 'target': "
+    )
+    assert daemon.request("session.list")["result"]["sessions"] == []
+    assert tgt.sessions() == [] and tgt.target.sessions(2) == []
+    typed = daemon.client("-m", "node", "-L", "all", "-T", DISK2)
+    assert typed.returncode == 7
+    assert "pyiscsiadm: error: -L all cannot be used with -T: " in typed.stderr
+
+    assert daemon.client("-m", "node", "-T", DISK2, "-p", portal, "--login").returncode == 0
+    # Before, the daemon ignored the portal and logged out of every session.
+    refused = daemon.request("node.logout", {"all": "all", "portal": portal})
+    assert refused["ok"] is False and refused["error"]["exit"] == 7
+    assert "'all' cannot be used with 'portal'" in refused["error"]["message"]
+    typed = daemon.client("-m", "node", "-U", "all", "-p", portal)
+    assert typed.returncode == 7 and "-U all cannot be used with -p: " in typed.stderr
+    assert [s["target"] for s in daemon.request("session.list")["result"]["sessions"]] == [DISK2]
+    assert len(tgt.target.sessions(2)) == 1
+
+
+BAD_NAME = "not-an-iscsi-name"  # tgtd takes it; RFC 7143 section 4.2.7 does not
+
+
+def test_discovery_skips_a_target_whose_name_is_not_an_iscsi_name(
+    two_targets: TgtDisk, daemon: Daemon, tmp_path: Path
+) -> None:
+    """Before, one bad TargetName in the SendTargets reply failed the whole discovery."""
+    tgt, portal = two_targets, portal_of(two_targets)
+    tgt.target.add_disk(3, BAD_NAME, tmp_path / "disk3.img", 16 << 20)
+    found = daemon.client("-m", "discovery", "-t", "st", "-p", portal, "-l")
+    assert sorted(line for line in found.lines if not line.startswith("Log")) == sorted(
+        [f"{portal},1 {tgt.iqn}", f"{portal},1 {DISK2}"]
+    )
+    [skipped] = found.stderr.splitlines()[:1]
+    assert re.fullmatch(
+        r"pyiscsiadm: SendTargets reply: TargetName #[123] skipped: "
+        r"not an iSCSI name: it must start with iqn\., eui\. or naa\.",
+        skipped,
+    ), found.stderr
+    assert BAD_NAME not in found.stderr  # which entry, never the value the target sent
+    # disk1 wants CHAP that is not configured: that login fails; disk2's succeeds.
+    assert found.returncode == 24, found.stdout + found.stderr
+    assert (
+        f"Login to [iface: default, target: {DISK2}, portal: {iscsiadm_portal(tgt)}] successful."
+        in found.lines
+    )
+    assert sorted(daemon.client("-m", "node").lines) == sorted(
+        [f"{portal},1 {tgt.iqn}", f"{portal},1 {DISK2}"]
+    )
+    assert tgt.target.sessions(3) == []
+    [event] = daemon.events("discovery entry skipped")
+    assert (event["key"], event["ISCSI_TARGET"]) == ("TargetName", None)
+    assert BAD_NAME not in daemon.log()
+
+    as_json = daemon.client("-m", "discovery", "-t", "st", "-p", portal, "--format", "json")
+    assert as_json.returncode == 0
+    assert [(s["key"], s["target"]) for s in as_json.json()["skipped"]] == [("TargetName", None)]

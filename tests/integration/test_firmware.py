@@ -204,8 +204,81 @@ def test_a_broken_entry_is_named_and_the_good_target_still_logs_in(
         ]
         assert f"node.name = {tgt.iqn}" in shown.lines
         login = daemon.client("-m", "fw", "-l")
-        assert login.returncode == 0, login.stderr
-        assert login.stderr.splitlines()[0].endswith("target-name: missing: the target has no name")
+        assert login.returncode == 7, login.stderr  # one entry could not be used
+        assert login.stderr.splitlines() == [
+            f"pyiscsiadm: {root}/target0/target-name: missing: the target has no name",
+            "pyiscsiadm: Could not login to ibft target0: its entry in the table cannot be used.",
+            "pyiscsiadm: Could not log into all portals",
+        ]
         assert len(daemon.wait_sessions(1)) == 1
+    finally:
+        daemon.stop()
+
+
+BAD_NAME = "boot-disk"  # not an iSCSI name
+SPACED, SPACED_SECRET = "iqn.2026-11.test.pyiscsid:fw-spaced", "fw-spaced-secret-55"
+
+
+def test_each_firmware_target_stands_on_its_own(boot_targets: TgtDisk, tmp_path: Path) -> None:
+    """One target with a name that is not an iSCSI name, one whose CHAP name no node
+    record can hold (a leading blank), one whose secret cannot be read: before, the first
+    of them failed the whole `-m fw -l` (nothing logged in) and the second left a
+    half-written onboot record. Now the good targets are recorded and logged in, each bad
+    one is named by its iBFT entry with what is wrong, and the command exits non-zero."""
+    tgt = boot_targets
+    unreadable = target_files(3, DISK2, tgt.address, tgt.port, chap=(USER2, SECRET2))
+    root = build_ibft(
+        tmp_path / "ibft",
+        nics=[nic_files(0)],
+        targets=[
+            target_files(0, BAD_NAME, tgt.address, tgt.port, chap=(USER, SECRET)),
+            target_files(1, tgt.iqn, tgt.address, tgt.port, chap=(USER, SECRET)),
+            target_files(2, SPACED, tgt.address, tgt.port, chap=(" spaced", SPACED_SECRET)),
+            unreadable,
+        ],
+    )
+    secret_file = root / "target3" / "chap-secret"
+    secret_file.unlink()
+    secret_file.symlink_to(secret_file.name)  # ELOOP: unreadable, even as root
+    daemon = start(tmp_path / "daemon", root)
+    try:
+        shown = daemon.client("-m", "fw")
+        assert shown.returncode == 0, shown.stderr
+        assert [line for line in shown.lines if line.startswith("node.name")] == [
+            f"node.name = {tgt.iqn}"
+        ]
+        problems = [
+            f"pyiscsiadm: {root}/target0/target-name: '{BAD_NAME}' is not an iSCSI name "
+            "(iqn.…, eui.… or naa.…, no spaces)",
+            f"pyiscsiadm: {root}/target2/chap-name: cannot be recorded as a node: "
+            "node.session.auth.username =  spaced: must not begin or end with a blank",
+            f"pyiscsiadm: {root}/target3/chap-secret: cannot read it: "
+            "Too many levels of symbolic links",
+        ]
+        assert shown.stderr.splitlines() == problems
+
+        login = daemon.client("-m", "fw", "-l")
+        assert login.returncode == 7, login.stdout + login.stderr
+        where = f"[iface: default, target: {tgt.iqn}, portal: {tgt.address},{tgt.port}]"
+        assert login.lines == [f"Logging in to {where}", f"Login to {where} successful."]
+        assert login.stderr.splitlines() == [
+            *problems,
+            *(
+                f"pyiscsiadm: Could not login to ibft {entry}: its entry in the table "
+                "cannot be used."
+                for entry in ("target0", "target2", "target3")
+            ),
+            "pyiscsiadm: Could not log into all portals",
+        ]
+        assert len(tgt.sessions()) == 1 and tgt.target.sessions(2) == []
+        nodes = daemon.client("-m", "node")
+        assert nodes.lines == [f"{tgt.address}:{tgt.port},1 {tgt.iqn}"]
+        assert sorted(p.parent.parent.name for p in daemon.state_dir.glob("nodes/*/*/*")) == [
+            tgt.iqn
+        ]
+        skipped = daemon.events("ibft entry skipped")
+        assert {e["entry"] for e in skipped} == {"target0", "target2", "target3"}
+        everything = shown.stdout + shown.stderr + login.stdout + login.stderr + daemon.log()
+        assert not any(s in everything for s in (*SECRETS, SPACED_SECRET))
     finally:
         daemon.stop()
