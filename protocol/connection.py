@@ -189,6 +189,7 @@ class Connection:
         self._pings: dict[int, float] = {}  # our NOP-Out ITT -> time sent
         self._task_management: dict[int, TaskManagementRequest] = {}
         self._aborted_unsent: set[int] = set()  # tasks aborted before they went out
+        self._r2t_answered: list[ScsiTask] = []  # R2Ts answered since data_to_send()
         self._text: _TextExchange | None = None
         self._logout_itt: int | None = None
         self._last_received = now
@@ -220,8 +221,16 @@ class Connection:
         )
 
     def data_to_send(self) -> list[Buffer]:
-        """Buffers to write to the socket, in order (one ``writelines`` call)."""
+        """Buffers to write to the socket, in order (one ``writelines`` call).
+
+        The Data-Out answering an R2T leaves here: from now on the target may have it, and
+        the R2T stops counting against MaxOutstandingR2T (:meth:`ScsiTask.accept_r2t`).
+        """
         out, self._out = self._out, []
+        if self._r2t_answered:
+            for task in self._r2t_answered:
+                task.r2ts_unflushed = 0
+            self._r2t_answered.clear()
         return out
 
     def _allocate_itt(self) -> int:
@@ -304,6 +313,7 @@ class Connection:
                 size = min(first_burst, params.target_max_recv_data_segment_length)
                 immediate = data[:size]
             unsolicited = first_burst - len(immediate) if not params.initial_r2t else 0
+            task.sent_unsolicited(len(immediate) + unsolicited)
         # Packed straight from the task: a ScsiCommand object would be built only to be
         # packed (this runs for every READ and WRITE).
         header = pack_scsi_command(
@@ -598,6 +608,11 @@ class Connection:
     def _task_for(self, itt: int, what: str) -> ScsiTask:
         task = self._tasks.get(itt)
         if task is None or task.cmd_sn is None:
+            if task is not None:
+                raise TargetProtocolError(
+                    f"{what} for task tag 0x{itt:08x}, a command not sent yet (it waits for "
+                    "the CmdSN window)"
+                )
             raise TargetProtocolError(f"{what} for unknown task tag 0x{itt:08x}")
         return task
 
@@ -617,14 +632,15 @@ class Connection:
         task = self._task_for(itt, "Data-In")
         task.accept_data_in(data_sn, buffer_offset, data)
         if status_present:
-            del self._tasks[itt]
             underflow = bool(flags & 0x02)
+            received = task.completed_view(status, underflow, residual_count, "Data-In status")
+            del self._tasks[itt]
             events.append(
                 CommandCompleted(
                     initiator_task_tag=itt,
                     status=status,
                     sense=b"",
-                    data=task.received_view(underflow, residual_count),
+                    data=received,
                     residual_underflow=underflow,
                     residual_overflow=bool(flags & 0x04),
                     residual_count=residual_count,
@@ -633,8 +649,8 @@ class Connection:
 
     def _handle_scsi_response(self, pdu: ScsiResponse, events: list[Event]) -> None:
         task = self._task_for(pdu.initiator_task_tag, "SCSI Response")
-        del self._tasks[task.initiator_task_tag]
         if pdu.response != ScsiResponseCode.COMMAND_COMPLETED:
+            del self._tasks[task.initiator_task_tag]
             events.append(
                 CommandFailed(
                     task.initiator_task_tag,
@@ -642,12 +658,16 @@ class Connection:
                 )
             )
             return
+        received = task.completed_view(
+            pdu.status, pdu.residual_underflow, pdu.residual_count, "SCSI Response"
+        )
+        del self._tasks[task.initiator_task_tag]
         events.append(
             CommandCompleted(
                 initiator_task_tag=task.initiator_task_tag,
                 status=pdu.status,
                 sense=bytes(pdu.sense_data),
-                data=task.received_view(pdu.residual_underflow, pdu.residual_count),
+                data=received,
                 residual_underflow=pdu.residual_underflow,
                 residual_overflow=pdu.residual_overflow,
                 residual_count=pdu.residual_count,
@@ -655,23 +675,22 @@ class Connection:
         )
 
     def _handle_r2t(self, pdu: R2T) -> None:
-        """Answer an R2T with one Data-Out sequence (RFC 7143 section 11.8)."""
+        """Answer an R2T with one Data-Out sequence (RFC 7143 section 11.8), once the task
+        has checked that it asks for new data, in order, within MaxOutstandingR2T."""
         task = self._task_for(pdu.initiator_task_tag, "R2T")
         params = self.parameters
         assert params is not None
-        if task.write_data is None:
-            raise TargetProtocolError(f"R2T for task 0x{task.initiator_task_tag:08x}, a read")
-        end = pdu.buffer_offset + pdu.desired_data_transfer_length
-        if end > len(task.write_data) or pdu.desired_data_transfer_length == 0:
-            raise TargetProtocolError(
-                f"R2T asks for {pdu.desired_data_transfer_length} bytes at offset "
-                f"{pdu.buffer_offset}, the command writes {len(task.write_data)}"
-            )
-        if pdu.desired_data_transfer_length > params.max_burst_length:
-            raise TargetProtocolError(
-                f"R2T Desired Data Transfer Length {pdu.desired_data_transfer_length} exceeds "
-                f"MaxBurstLength {params.max_burst_length}"
-            )
+        task.accept_r2t(
+            pdu.r2t_sn,
+            pdu.buffer_offset,
+            pdu.desired_data_transfer_length,
+            max_burst_length=params.max_burst_length,
+            max_outstanding_r2t=params.max_outstanding_r2t,
+            data_sequence_in_order=params.data_sequence_in_order,
+            error_recovery_level=params.error_recovery_level,
+        )
+        if task.r2ts_unflushed == 1:
+            self._r2t_answered.append(task)
         if task.data_out_stopped:
             return
         for data_out in task.data_out_sequence(
@@ -720,11 +739,7 @@ class Connection:
                 f"Task Management Response for unknown tag 0x{pdu.initiator_task_tag:08x}"
             )
         function = request.function
-        if request.referenced_task_tag in self._aborted_unsent:
-            # Never sent, so the target's answer does not matter: the task is over.
-            self._aborted_unsent.discard(request.referenced_task_tag)
-            aborted = TaskAborted(f"aborted by {function.name}")
-            events.append(CommandFailed(request.referenced_task_tag, aborted))
+        self._end_aborted_unsent(request, events)
         done = pdu.response in (
             TaskManagementResponse.FUNCTION_COMPLETE,
             TaskManagementResponse.TASK_DOES_NOT_EXIST,
@@ -758,6 +773,14 @@ class Connection:
                 pdu.initiator_task_tag, function, pdu.response, request.referenced_task_tag
             )
         )
+
+    def _end_aborted_unsent(self, request: TaskManagementRequest, events: list[Event]) -> None:
+        """The ABORT TASK of a command that never went out got its answer (or a Reject):
+        the command is over whatever the target said, since the target never saw it."""
+        if request.referenced_task_tag in self._aborted_unsent:
+            self._aborted_unsent.discard(request.referenced_task_tag)
+            aborted = TaskAborted(f"aborted by {request.function.name}")
+            events.append(CommandFailed(request.referenced_task_tag, aborted))
 
     def _handle_text_response(self, pdu: TextResponse, events: list[Event]) -> None:
         exchange = self._text
@@ -819,12 +842,29 @@ class Connection:
         except (ValueError, KeyError):
             description = "unknown reason"
         error = CommandRejected(pdu.reason, description)
-        task = self._tasks.get(itt)
-        if task is not None and opcode == ScsiCommand.opcode:
+        if opcode == ScsiCommand.opcode:
+            # Only a command the target received can be rejected: one still held back by
+            # the CmdSN window (or aborted before it went out) was never sent, and failing
+            # it here would not stop it going out later.
+            self._task_for(itt, "Reject of a SCSI Command")
             del self._tasks[itt]
             events.append(CommandFailed(itt, error))
+        elif opcode == TaskManagementRequest.opcode and itt in self._task_management:
+            # The request is over: answer its waiter as a refused function, as the target
+            # would with Response 255 (RFC 7143 section 11.6.1), so it moves on.
+            request = self._task_management.pop(itt)
+            self._end_aborted_unsent(request, events)
+            events.append(
+                TaskManagementCompleted(
+                    itt,
+                    request.function,
+                    TaskManagementResponse.FUNCTION_REJECTED,
+                    request.referenced_task_tag,
+                )
+            )
         elif itt in self._pings:
             del self._pings[itt]
+            events.append(CommandFailed(itt, error))
         elif self._text is not None and itt == self._text.initiator_task_tag:
             self._text = None
             events.append(CommandFailed(itt, error))

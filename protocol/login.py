@@ -22,8 +22,8 @@ from .errors import (
     login_error_for,
 )
 from .events import Event, LoginCompleted, LoginFailed, LoginRedirected
-from .keys import parse_number
-from .negotiation import Negotiator, SessionParameters
+from .keys import KEYS
+from .negotiation import Negotiator, SessionParameters, validated_declaration
 from .pdu import LoginRequest, LoginResponse, LoginStage
 from .text import TextAssembler, decode_text, encode_text
 
@@ -228,16 +228,16 @@ class Login:
         return new
 
     def _record_declarations(self, pairs: list[tuple[str, str]]) -> None:
+        """Keep what the target declares in any stage; the security stage's keys reach no
+        negotiator, so they are checked here with the negotiator's own rule (a value out
+        of range ends the login with a :class:`TargetNegotiationError`, as it does in the
+        operational stage)."""
         for key, value in pairs:
             if key == "TargetPortalGroupTag":
-                try:
-                    self._target_portal_group_tag = parse_number(value, key)
-                except NegotiationError:
-                    raise TargetProtocolError(
-                        f"TargetPortalGroupTag={value!r} is not a number"
-                    ) from None
+                tag = validated_declaration(KEYS[key], value)
+                self._target_portal_group_tag = int(tag)
             elif key == "TargetAlias":
-                self._target_alias = value
+                self._target_alias = validated_declaration(KEYS[key], value)
 
     def _failure(self, pdu: LoginResponse) -> Event:
         pairs = decode_text(pdu.data) if len(pdu.data) else []

@@ -109,6 +109,16 @@ def _parameters(
     )
 
 
+def validated_declaration(spec: KeySpec, value: str) -> str:
+    """A target's declaration in canonical form, checked against the key's type and range
+    (TargetPortalGroupTag 0..65535, RFC 7143 section 13.9); the login uses it in every
+    stage, the security stage included, where no negotiator sees the keys."""
+    try:
+        return spec.validate(value)
+    except InvalidValue as exc:
+        raise TargetNegotiationError(exc.reason, key=spec.name) from None
+
+
 def _answer_optional(spec: KeySpec, offered: str) -> bool:
     """An offer whose value alone fixes the result needs no answer (RFC 7143 section 6.2.2)."""
     return (spec.rule is ResultRule.AND and offered == "No") or (
@@ -330,10 +340,7 @@ class Negotiator:
             return
         if spec.sender is Sender.INITIATOR:
             raise TargetNegotiationError("only the initiator may send this key", key=name)
-        try:
-            self._declared[name] = spec.validate(value)
-        except InvalidValue as exc:
-            raise TargetNegotiationError(exc.reason, key=name) from None
+        self._declared[name] = validated_declaration(spec, value)
 
     def _receive_answer(self, spec: KeySpec, offered: str, value: str) -> None:
         """Check the target's answer to our offer against the result function (section 6.2)."""

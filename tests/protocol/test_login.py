@@ -25,6 +25,7 @@ from pyiscsid.protocol.events import (
     LoginRedirected,
     PingCompleted,
 )
+from pyiscsid.protocol.negotiation import TargetNegotiationError
 from pyiscsid.protocol.pdu import LoginRequest, LoginStage, NopIn, NopOut
 from pyiscsid.protocol.text import decode_text, encode_binary, encode_text
 
@@ -465,3 +466,53 @@ def test_login_response_with_transit_and_continue_is_a_protocol_error() -> None:
     with pytest.raises(TargetProtocolError, match="T and the C bit"):
         target.send(bad)
     assert conn.state is ConnectionState.FAILED
+
+
+# --- declarations are checked in every stage (RFC 7143 section 13.9) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("65536", "outside 0..65535"),
+        ("0x" + "f" * 24, "outside 0..65535"),
+        ("-1", "expected a number"),
+        ("one", "expected a number"),
+    ],
+    ids=["65536", "96-bit-hex", "negative", "not-a-number"],
+)
+@pytest.mark.parametrize("stage", ["security", "operational"])
+def test_target_portal_group_tag_out_of_range_fails_the_login(
+    value: str, message: str, stage: str
+) -> None:
+    """TargetPortalGroupTag is 16 bits, whichever stage declares it. The scripted target
+    plays a broken one: no real target declares a 96-bit tag."""
+    chap = ChapCredentials(INITIATOR_NAME, SECRET) if stage == "security" else None
+    conn, target, request = start(chap=chap)
+    keys = [("TargetPortalGroupTag", value)]
+    if stage == "security":
+        keys.insert(0, ("AuthMethod", "CHAP"))
+    else:
+        keys += answers(decode_text(request.data))
+    (event,) = target.send(target.login_response(request, keys))
+    assert isinstance(event, LoginFailed)
+    assert isinstance(event.error, TargetNegotiationError)
+    assert str(event.error).startswith("TargetPortalGroupTag: ") and message in str(event.error)
+    assert conn.state is ConnectionState.LOGGED_OUT
+    assert target.receive() == []
+
+
+def test_target_portal_group_tag_declared_in_the_security_stage_is_kept() -> None:
+    conn = connect(make_config(chap=ChapCredentials(INITIATOR_NAME, SECRET)))
+    target = ScriptedTarget(conn)
+    first = target.receive_one(LoginRequest)
+    declared = [("AuthMethod", "CHAP"), ("TargetPortalGroupTag", "0xffff")]
+    assert target.send(target.login_response(first, declared)) == []
+    offer = target.receive_one(LoginRequest)
+    challenge = bytes(range(16))
+    chap = [("CHAP_A", "5"), ("CHAP_I", "1"), ("CHAP_C", encode_binary(challenge))]
+    assert target.send(target.login_response(offer, chap)) == []
+    response = target.receive_one(LoginRequest)
+    (event,) = target.send(target.login_response(response, next_stage=FULL_FEATURE))
+    assert isinstance(event, LoginCompleted)
+    assert event.target_portal_group_tag == 0xFFFF
