@@ -9,6 +9,7 @@ results. Supervision and recovery build on it (``session.py``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import socket
@@ -188,6 +189,11 @@ class IscsiConnection(asyncio.Protocol):
             self._arm_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._finish(exc)
+
+    def _finish(self, exc: Exception | None) -> None:
+        """The connection is over: timers stop and every waiter fails. Harmless if run again
+        (:meth:`discard` runs it without waiting for the transport's connection_lost)."""
         if self._timer is not None:
             self._timer.cancel()
         if self._watchdog is not None:
@@ -561,8 +567,50 @@ class IscsiConnection(asyncio.Protocol):
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 
+    def discard(self, reason: str) -> None:
+        """Let go of a connection that no caller will ever hold (its open was cancelled, or
+        timed out, as or after the target logged us in).
+
+        Logged in, it sends a Logout Request (RFC 7143 section 11.14) and closes after it
+        without waiting for the answer, so that the target ends the session at once rather
+        than keep it for Time2Retain; still logging in, it is dropped outright. Either way
+        it is over at once on this side (:meth:`wait_closed` returns, waiters get
+        ``reason``). A no-op on a connection already over."""
+        transport = self._transport
+        if transport is None or self._closed.done():
+            return
+        core = self._core
+        logged_in = core is not None and core.state is _FULL_FEATURE and self._error is None
+        if self._error is None:  # else the login failed, and that says why
+            self._error = ConnectionLostError(reason)
+        self._login.cancel()  # if still pending: its opener has gone, no one will read it
+        if logged_in and core is not None and not transport.is_closing():
+            core.logout(LogoutReason.CLOSE_SESSION)
+            # uvloop closes the transport itself when create_connection is cancelled after
+            # connection_made ran, without saying so in is_closing() and without calling
+            # connection_lost: only a write tells, and then there is no one to log out to.
+            with contextlib.suppress(RuntimeError):
+                self._write()
+            transport.close()  # once the Logout Request is out
+            if transport.get_write_buffer_size():  # a target that does not read: do not wait
+                self._loop.call_later(DEFAULT_LOGOUT_TIMEOUT, transport.abort)
+        else:
+            transport.abort()
+        self._finish(None)
+
     async def wait_closed(self) -> None:
         await self._closed
+
+
+def _made(
+    made: list[IscsiConnection],
+    config: ConnectionConfig,
+    portal: Portal,
+    busy_poll: BusyPoll | None,
+) -> IscsiConnection:
+    """The protocol factory of :func:`open_connection`: keeps what it makes in ``made``."""
+    made.append(IscsiConnection(config, portal, busy_poll))
+    return made[-1]
 
 
 async def open_connection(
@@ -573,19 +621,24 @@ async def open_connection(
     max_redirects: int = MAX_REDIRECTS,
     busy_poll: BusyPoll | None = None,
 ) -> IscsiConnection:
-    """Connect and log in, following login redirects (RFC 7143 section 11.13.5)."""
+    """Connect and log in, following login redirects (RFC 7143 section 11.13.5).
+
+    The caller gets the connection, or nothing is left of it: whatever ends the open early
+    (a cancellation, the login timeout, a failed login), even one that lands after the
+    Login Response arrived, logs out of and closes every connection it made
+    (:meth:`IscsiConnection.discard`), so that none stays logged in on the target unwatched.
+    """
     loop = asyncio.get_running_loop()
     for _ in range(max_redirects + 1):
-        conn: IscsiConnection | None = None
+        made: list[IscsiConnection] = []  # known even if cancelled inside create_connection
+        factory = functools.partial(_made, made, config, portal, busy_poll)
+        handed_over = False
         try:
             async with asyncio.timeout(login_timeout):
-                _, conn = await loop.create_connection(
-                    functools.partial(IscsiConnection, config, portal, busy_poll),
-                    portal.address,
-                    portal.port,
-                )
+                _, conn = await loop.create_connection(factory, portal.address, portal.port)
                 await conn.wait_logged_in()
-                return conn
+            handed_over = True  # no await from here to the caller: nothing can cancel it
+            return conn
         except LoginRedirectedError as redirect:
             portal = replace(portal, address=redirect.address, port=redirect.port)
         except TimeoutError:
@@ -595,8 +648,9 @@ async def open_connection(
         except OSError as exc:
             raise ConnectionLostError(f"cannot connect to {portal.address_port}: {exc}") from None
         finally:
-            if conn is not None and conn.login_result is None:
-                conn.close()
+            if not handed_over:
+                for unused in made:
+                    unused.discard(f"login to {unused.portal.address_port} abandoned")
     raise ConnectionLostError(f"more than {max_redirects} login redirects")
 
 

@@ -85,6 +85,7 @@ class Recovery:
         reopen_max: int = 0,
         verify: Callable[[IscsiConnection], Awaitable[None]] | None = None,
         admit: Callable[[dict[str, Any]], None] | None = None,
+        on_given_up: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._connect = connect
@@ -103,13 +104,22 @@ class Recovery:
         self._task: asyncio.Task[None] | None = None
         self.failed_at: float | None = None
         self.reconnects = 0
+        self.attempt = 0  # the reconnect attempt under way in this outage (1, 2, ...)
         self.last_error: str | None = None
         self._watchers: list[asyncio.Future[None]] = []
         self._time2wait: float | None = None
         self._early_events: list[tuple[IscsiConnection, Event]] = []
         self.totals = ConnectionStats()  # of the connections this session had before
         self._background: set[asyncio.Future[None]] = set()
-        self.on_given_up: Callable[[], None] | None = None  # after reopen_max failed attempts
+        # Called once recovery gives up after reopen_max failed attempts (an attribute, so
+        # that it may also be set after construction).
+        self.on_given_up = on_given_up
+
+    @property
+    def last_attempt(self) -> bool:
+        """The reconnect attempt under way is the last: reopen_max gives the session up if
+        it fails (``verify`` may then settle for less than a retry would wait for)."""
+        return bool(self.reopen_max) and self.attempt >= self.reopen_max
 
     def _logged_out(self) -> bool:
         """Asked after an await: the state may have changed while we waited (a method, so
@@ -239,7 +249,7 @@ class Recovery:
         delay = float(params.default_time2wait) if params is not None else 2.0
         if self._time2wait is not None:  # the target said how long, in an async message
             delay, self._time2wait = self._time2wait, None
-        attempt = 0
+        attempt = self.attempt = 0
         started = self._clock()
         # Time2Wait is a minimum (RFC 7143 section 13.15): a link that comes back sooner
         # does not cut it short. Later backoffs end early on a kick, including one that
@@ -255,6 +265,7 @@ class Recovery:
             if self._logged_out():
                 return
             attempt += 1
+            self.attempt = attempt
             self._move(SessionState.REOPEN)
             if attempt == 1 or attempt % LOG_EVERY_ATTEMPTS == 0:
                 self.log.info("reconnecting", attempt=attempt, ISCSI_EVENT="reconnecting")
@@ -298,16 +309,16 @@ class Recovery:
             return
 
     async def _attempt(self) -> IscsiConnection:
-        """One relogin and its check (``verify``). The new connection is closed when the
-        check fails or the session is closed meanwhile (close() cancels this, and waits):
-        nothing may stay logged in on the target that no one watches or logs out."""
+        """One relogin and its check (``verify``). The new connection is logged out of and
+        closed when the check fails or the session is closed meanwhile (close() cancels this,
+        and waits): nothing may stay logged in on the target that no one watches."""
         connection = await self._connect()
         try:
             self._listen(connection)
             if self._verify is not None:
                 await self._verify(connection)
-        except BaseException:
-            connection.close()
+        except BaseException as exc:
+            connection.discard(f"relogin abandoned: {str(exc) or type(exc).__name__}")
             self._early_events = [e for e in self._early_events if e[0] is not connection]
             raise
         return connection

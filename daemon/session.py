@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -21,7 +22,16 @@ from pyiscsid.protocol.sense import SenseKey
 from .busypoll import BusyPoll
 from .driver import CommandResult, IscsiConnection, open_connection
 from .escalation import TaskTimeouts
-from .recovery import Recovery, SessionState
+from .recovery import Recovery, SessionLoggedOut, SessionState
+
+# A LUN that relogins keep finding absent (no logical unit behind its number) is failed on
+# its own, and the session comes back up for its other LUNs, once it was absent at this many
+# relogins in a row spread over at least this many seconds (or the replacement_timeout, if
+# shorter: the other LUNs' I/O is held meanwhile), or at the last relogin reopen_max allows.
+# A target whose LUNs are added a moment after it starts listening, or a LUN deleted and
+# added again, answers within that.
+LUN_ABSENT_CHECKS = 3
+LUN_ABSENT_SECONDS = 5.0
 
 # RFC 7143 names of the negotiated parameters that `-m session -P 2` shows.
 _SHOWN_PARAMETERS = (
@@ -65,19 +75,31 @@ class LunInfo:
         }
 
 
-class LunIdentityChanged(ISCSIError):
+class LunFailed(ISCSIError):
+    """A LUN of a session that is otherwise up serves no more I/O, until a new login of the
+    session (which scans its LUNs afresh) clears this."""
+
+
+class LunIdentityChanged(LunFailed):
     """After a relogin the LUN answered with another serial or designator: it may be another
-    disk, so nothing more is written to it (a new login, after checking, clears this)."""
+    disk, so nothing more is read from or written to it."""
+
+
+class LunRemoved(LunFailed):
+    """Relogin after relogin, the target reported no logical unit behind the LUN's number:
+    it was removed from the target, and its I/O fails while the other LUNs are served."""
 
 
 class LunIdentityUnknown(ISCSIError):
     """A LUN did not tell who it is: a status other than GOOD (BUSY, TASK SET FULL, NOT
     READY...) or no logical unit behind the number for now. That says nothing about which
     disk it is, so after a relogin the attempt fails and recovery checks again after its
-    backoff; only a GOOD answer naming another disk fails the LUN."""
+    backoff; only a GOOD answer naming another disk fails the LUN at once, and a LUN absent
+    (``absent``) at every relogin for a while is failed alone (:data:`LUN_ABSENT_CHECKS`)."""
 
-    def __init__(self, message: str, *, unsupported: bool = False) -> None:
+    def __init__(self, message: str, *, unsupported: bool = False, absent: bool = False) -> None:
         self.unsupported = unsupported  # the LU does not serve that VPD page at all
+        self.absent = absent  # no logical unit behind the number (SPC-4: qualifier 3, 0x25)
         super().__init__(message)
 
 
@@ -90,6 +112,8 @@ class LunNoAnswer(ISCSIError):
 Execute = Callable[..., Awaitable[CommandResult]]
 
 _INVALID_FIELD_IN_CDB = 0x24  # ASC, SPC-4 table D.1
+_LOGICAL_UNIT_NOT_SUPPORTED = 0x25  # ASC, SPC-4 table D.1
+_NOT_CAPABLE = 3  # PERIPHERAL QUALIFIER: no logical unit can be behind this number (SPC-4 6.4.2)
 
 
 async def lun_identity(execute: Execute, lun: int, *, target: str) -> tuple[str, ...]:
@@ -120,18 +144,20 @@ async def _vpd_page(execute: Execute, lun: int, page: int, length: int, target: 
     where = f"LUN {lun} of {target}"
     if result.status != scsi.ScsiStatus.GOOD:
         sense = result.sense
+        illegal = sense.asc if sense is not None and sense.key == SenseKey.ILLEGAL_REQUEST else None
         raise LunIdentityUnknown(
             f"{where} answered INQUIRY for VPD page 0x{page:02x} with "
             f"{scsi.ScsiCommandError(result.status, sense)}: its identity cannot be checked now",
-            unsupported=sense is not None
-            and sense.key == SenseKey.ILLEGAL_REQUEST
-            and sense.asc == _INVALID_FIELD_IN_CDB,
+            unsupported=illegal == _INVALID_FIELD_IN_CDB,
+            absent=illegal == _LOGICAL_UNIT_NOT_SUPPORTED,
         )
-    if result.data[:1] and result.data[0] >> 5:  # PERIPHERAL QUALIFIER, SPC-4 6.4.2
-        # tgt, for one, answers so for a LUN deleted and not yet added again.
+    qualifier = result.data[0] >> 5 if result.data[:1] else 0  # SPC-4 6.4.2
+    if qualifier:
+        # tgt, for one, answers qualifier 3 for a LUN deleted (and maybe added again soon);
+        # qualifier 1 is a logical unit that is there but not connected for now.
         raise LunIdentityUnknown(
-            f"{where} has no logical unit behind it now (peripheral qualifier "
-            f"{result.data[0] >> 5}): if it was removed for good, log the session out and in"
+            f"{where} has no logical unit behind it now (peripheral qualifier {qualifier})",
+            absent=qualifier == _NOT_CAPABLE,
         )
     return result.data
 
@@ -152,6 +178,7 @@ class Session:
         timeouts: dict[str, Any] | None = None,
         startup: str = "manual",
         busy_poll: BusyPoll | None = None,
+        on_given_up: Callable[[Session], None] | None = None,
     ) -> None:
         self.sid = sid
         self.target = target
@@ -180,8 +207,15 @@ class Session:
             log=self.log,
             verify=self._verify_luns,
             admit=self._admit,
+            on_given_up=functools.partial(on_given_up, self) if on_given_up else None,
         )
-        self.failed_luns: dict[int, str] = {}
+        self.failed_luns: dict[int, LunFailed] = {}  # why each is failed (each I/O gets a copy)
+        self._absent: dict[int, tuple[float, int]] = {}  # LUN -> (first seen absent, relogins)
+        self.lun_absent_checks = LUN_ABSENT_CHECKS
+        replacement = self.recovery.replacement_timeout
+        self.lun_absent_seconds = (
+            LUN_ABSENT_SECONDS if replacement < 0 else min(LUN_ABSENT_SECONDS, replacement)
+        )
         self.exports: dict[int, str] = {}  # LUN -> its NBD export name, while served
 
     @property
@@ -203,10 +237,21 @@ class Session:
         return random_isid(os.urandom)
 
     async def login(self) -> None:
-        """Connect, log in and learn the LUNs (REPORT LUNS, INQUIRY, READ CAPACITY)."""
+        """Connect, log in and learn the LUNs (REPORT LUNS, INQUIRY, READ CAPACITY).
+
+        If the session goes down during the LUN scan, it comes back with the LUNs scanned so
+        far, still recovering; if recovery gives it up meanwhile (node.session.reopen_max),
+        this raises :class:`SessionLoggedOut`."""
         self.recovery.attach(await self._connect())
         self.logged_in_at = time.time()
-        self.luns = await self._scan_luns()
+        await self._scan_luns()
+        if self.state is SessionState.LOGGED_OUT:
+            why = self.recovery.last_error
+            raise SessionLoggedOut(
+                f"the session was lost during its login: {why}"
+                if why
+                else "the session was logged out during its login"
+            )
 
     def execute(self, cdb: bytes, **command: Any) -> Coroutine[Any, Any, CommandResult]:
         """A SCSI command, held and reissued across reconnects (see :mod:`recovery`), and
@@ -236,37 +281,53 @@ class Session:
 
         return bounded
 
-    async def _scan_luns(self) -> list[LunInfo]:
-        """Every LUN the target reports; one that fails or does not answer is left out, with
-        a warning that says why, and the others are still served."""
+    async def _scan_luns(self) -> None:
+        """Every LUN the target reports, into :attr:`luns` as each is scanned (a relogin
+        during the scan then checks those already known); one that fails or does not answer
+        is left out, with a warning that says why, and the others are still served.
+
+        If the session goes down meanwhile, the scan stops with one warning that names the
+        LUNs not scanned: each would wait login_timeout for nothing."""
+        self.luns = []
         execute = self._bounded(self.execute)
         try:
             report = await execute(scsi.report_luns(), lun=0, read_length=4096)
             numbers = scsi.parse_report_luns(report.check().data) if report.status == 0 else [0]
         except ISCSIError as exc:
+            if self._scan_stopped([], exc):
+                return
             self.log.warning(
                 "REPORT LUNS failed, trying LUN 0 alone", reason=str(exc), ISCSI_EVENT="lun_scan"
             )
             numbers = [0]
-        luns = []
         for index, number in enumerate(numbers):
-            if self.state is not SessionState.LOGGED_IN:  # each LUN would wait login_timeout
-                self.log.warning(
-                    "LUN scan stopped, the session is down: log out and in again to see "
-                    "these LUNs", luns=numbers[index:], ISCSI_EVENT="lun_scan",
-                )  # fmt: skip
-                break
+            if self._scan_stopped(numbers[index:]):
+                return
             try:
                 lun = await self._scan_lun(execute, number)
             except ISCSIError as exc:
+                if self._scan_stopped(numbers[index:], exc):
+                    return
                 self.log.warning(
                     "LUN left out: log out and in again to retry", lun=number, reason=str(exc),
                     ISCSI_EVENT="lun_scan",
                 )  # fmt: skip
                 continue
             if lun is not None:
-                luns.append(lun)
-        return luns
+                self.luns.append(lun)
+
+    def _scan_stopped(self, left: list[int], error: ISCSIError | None = None) -> bool:
+        """Whether the session is down, so that the scan must stop; said once, with the LUNs
+        ``left`` unscanned (none when the session is over: :meth:`login` raises)."""
+        if self.state is SessionState.LOGGED_IN:
+            return False
+        if self.state is not SessionState.LOGGED_OUT:
+            self.log.warning(
+                "LUN scan stopped, the session is down: log out and in again to see these LUNs",
+                luns=left, reason=str(error) if error is not None else self.recovery.last_error,
+                ISCSI_EVENT="lun_scan",
+            )  # fmt: skip
+        return True
 
     async def _scan_lun(self, execute: Execute, number: int) -> LunInfo | None:
         """One LUN's details; None when no logical unit is behind that number."""
@@ -301,25 +362,63 @@ class Session:
     async def _verify_luns(self, connection: IscsiConnection) -> None:
         """After a relogin, before held I/O goes out: is every LUN still the same disk?
 
-        Only a GOOD answer naming another disk fails the LUN; a status that is not GOOD, or
-        no answer in time, raises, and recovery tries the relogin again after its backoff."""
+        A GOOD answer naming another disk fails that LUN for good. No logical unit behind a
+        LUN's number fails that LUN once relogins have found it so for long enough
+        (:data:`LUN_ABSENT_CHECKS`); until then, as for a status that is not GOOD or no answer
+        in time, this raises and recovery tries the relogin again after its backoff. When
+        this returns, the session serves its other LUNs."""
         execute = self._bounded(connection.execute)
-        for lun in self.luns:
+        absent: LunIdentityUnknown | None = None
+        for lun in list(self.luns):  # the LUN scan of the login may still be adding to it
             if not lun.identity or lun.lun in self.failed_luns:
                 continue
-            now = await lun_identity(execute, lun.lun, target=self.target)
+            try:
+                now = await lun_identity(execute, lun.lun, target=self.target)
+            except LunIdentityUnknown as exc:
+                if not exc.absent:
+                    raise
+                if not self._absent_for_good(lun.lun, exc):
+                    absent = absent or exc
+                continue
+            self._absent.pop(lun.lun, None)
             if now != lun.identity:
                 reason = (
                     f"LUN {lun.lun} of {self.target} answers as {', '.join(now) or 'nothing'} "
                     f"after the relogin, it was {', '.join(lun.identity)}: failed, not written"
                 )
-                self.failed_luns[lun.lun] = reason
+                self.failed_luns[lun.lun] = LunIdentityChanged(reason)
                 self.log.error("lun identity changed", lun=lun.lun, ISCSI_EVENT="lun_changed")
+        if absent is not None:
+            raise absent
+
+    def _absent_for_good(self, number: int, absent: LunIdentityUnknown) -> bool:
+        """One more relogin found no logical unit behind LUN ``number``. True once that has
+        lasted :attr:`lun_absent_checks` relogins in a row and :attr:`lun_absent_seconds`,
+        or at the last attempt that node.session.reopen_max allows (one absent LUN must not
+        cost the session): the LUN is then failed alone (:class:`LunRemoved`), logged once."""
+        now = time.monotonic()
+        first, relogins = self._absent.get(number, (now, 0))
+        relogins += 1
+        self._absent[number] = (first, relogins)
+        waited = relogins >= self.lun_absent_checks and now - first >= self.lun_absent_seconds
+        if not (waited or self.recovery.last_attempt):
+            return False
+        del self._absent[number]
+        self.failed_luns[number] = LunRemoved(
+            f"LUN {number} of {self.target} is gone from the target: no logical unit behind "
+            f"it at {relogins} relogins in a row over {now - first:.0f} s; its I/O fails until "
+            "the session is logged out and in again"
+        )
+        self.log.error(
+            "lun removed from the target, failed alone", lun=number, relogins=relogins,
+            seconds=round(now - first, 1), reason=str(absent), ISCSI_EVENT="lun_removed",
+        )  # fmt: skip
+        return True
 
     def _admit(self, command: dict[str, Any]) -> None:
-        reason = self.failed_luns.get(command.get("lun", 0))
-        if reason is not None:
-            raise LunIdentityChanged(reason)
+        failure = self.failed_luns.get(command.get("lun", 0))
+        if failure is not None:
+            raise type(failure)(str(failure))  # a new one each time: no traceback piles up
 
     async def logout(self) -> None:
         conn = self.connection
@@ -356,6 +455,8 @@ class Session:
 
     def _lun_details(self, lun: LunInfo) -> dict[str, Any]:
         details = lun.as_dict()
+        if lun.lun in self.failed_luns:
+            details["failed"] = str(self.failed_luns[lun.lun])
         if lun.lun in self.exports:
             details["export"] = self.exports[lun.lun]
         return details

@@ -11,12 +11,10 @@ import time
 import pytest
 from pyiscsid.daemon.busypoll import BusyPoll
 from pyiscsid.daemon.recovery import SessionState
-from pyiscsid.daemon.session import Session
 from pyiscsid.protocol import scsi
-from pyiscsid.protocol.config import ConnectionConfig
-from pyiscsid.protocol.discovery import parse_portal
 
 from tests.conftest import TgtDisk
+from tests.integration.sessions import make_session
 from tests.writer import TIMEOUT, Writer, file_reader
 
 pytestmark = pytest.mark.tgtd
@@ -25,25 +23,9 @@ INITIATOR = "iqn.2026-11.test.pyiscsid:busy-poll"
 BUDGET = 0.05  # long enough that a loaded test machine still answers within it
 
 
-def make_session(tgt: TgtDisk, poll: BusyPoll) -> Session:
-    config = ConnectionConfig(
-        INITIATOR, tgt.iqn, isid=Session.new_isid(), noop_out_interval=1, noop_out_timeout=1
-    )
-    return Session(
-        1,
-        tgt.iqn,
-        parse_portal(tgt.portal),
-        config,
-        login_timeout=3,
-        logout_timeout=5,
-        timeouts={"replacement_timeout": 60},
-        busy_poll=poll,
-    )
-
-
 async def test_one_writer_polled_loses_nothing_across_a_dropped_connection(tgt: TgtDisk) -> None:
     poll = BusyPoll(BUDGET)
-    session = make_session(tgt, poll)
+    session = make_session(INITIATOR, tgt, nop=1, busy_poll=poll)
     await session.login()
     writer = Writer(session)
     writer.start(writers=1)  # one command at a time: the case that is polled
@@ -68,7 +50,7 @@ async def test_reads_polled_bring_the_right_data_and_let_other_tasks_run(tgt: Tg
     one block after another, each answered without the loop running, does not keep every
     other task from running (it once did, for ever)."""
     poll = BusyPoll(BUDGET)
-    session = make_session(tgt, poll)
+    session = make_session(INITIATOR, tgt, nop=1, busy_poll=poll)
     await session.login()
     ticks = 0
 

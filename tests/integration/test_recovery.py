@@ -12,10 +12,9 @@ import pytest
 from pyiscsid.daemon.recovery import ReplacementTimeout, SessionLoggedOut, SessionState
 from pyiscsid.daemon.session import LunIdentityChanged, Session
 from pyiscsid.protocol import scsi
-from pyiscsid.protocol.config import ConnectionConfig
-from pyiscsid.protocol.discovery import parse_portal
 
 from tests.conftest import TgtDisk
+from tests.integration.sessions import make_session
 from tests.writer import BLOCK, SECTORS, TIMEOUT, Writer, block_for, file_reader
 
 pytestmark = pytest.mark.tgtd
@@ -23,25 +22,6 @@ pytestmark = pytest.mark.tgtd
 INITIATOR = "iqn.2026-11.test.pyiscsid:recovery"
 NOP_INTERVAL = 1.0
 NOP_TIMEOUT = 1.0
-
-
-def make_session(tgt: TgtDisk, *, replacement_timeout: float = 60, reopen_max: int = 0) -> Session:
-    config = ConnectionConfig(
-        INITIATOR,
-        tgt.iqn,
-        isid=Session.new_isid(),
-        noop_out_interval=NOP_INTERVAL,
-        noop_out_timeout=NOP_TIMEOUT,
-    )
-    return Session(
-        1,
-        tgt.iqn,
-        parse_portal(tgt.portal),
-        config,
-        login_timeout=3,
-        logout_timeout=5,
-        timeouts={"replacement_timeout": replacement_timeout, "reopen_max": reopen_max},
-    )
 
 
 class _Recorder:
@@ -58,7 +38,7 @@ class _Recorder:
 
 @pytest.fixture
 async def running(tgt: TgtDisk) -> AsyncIterator[tuple[Session, Writer]]:
-    session = make_session(tgt)
+    session = make_session(INITIATOR, tgt, nop=NOP_INTERVAL)
     await session.login()
     writer = Writer(session)
     writer.start()
@@ -141,7 +121,7 @@ async def test_connection_dropped_by_the_target_recovers_with_one_nexus(
 async def test_outage_longer_than_replacement_timeout_fails_held_io_then_recovers(
     tgt: TgtDisk,
 ) -> None:
-    session = make_session(tgt, replacement_timeout=2)
+    session = make_session(INITIATOR, tgt, nop=NOP_INTERVAL, replacement_timeout=2)
     events: list[str] = []
     session.recovery.log = _Recorder(events)
     await session.login()
@@ -172,20 +152,34 @@ async def test_outage_longer_than_replacement_timeout_fails_held_io_then_recover
 async def test_a_lun_that_changed_identity_after_relogin_is_failed_not_written(
     tgt: TgtDisk,
 ) -> None:
-    session = make_session(tgt)
+    session = make_session(INITIATOR, tgt, nop=NOP_INTERVAL)
     await session.login()
     try:
         (lun,) = [lun for lun in session.luns if lun.lun == 1]
-        assert any(part.startswith("serial ") for part in lun.identity)
-        # The target now presents another disk under the same LUN number.
-        await in_thread(
-            tgt.target.tgtadm, "--lld", "iscsi", "--op", "update", "--mode", "logicalunit",
-            "--tid", str(tgt.tid), "--lun", "1", "--params", "scsi_sn=OTHERDISK1",
-        )  # fmt: skip
-        (nexus,) = tgt.sessions()
-        await in_thread(tgt.target.drop_connection, tgt.tid, nexus.sid)
-        await session.recovery.wait_for(SessionState.FAILED, SessionState.REOPEN, timeout=TIMEOUT)
-        await session.recovery.wait_for(SessionState.LOGGED_IN, timeout=TIMEOUT)
+        (serial,) = [part[7:] for part in lun.identity if part.startswith("serial ")]
+
+        async def present_serial(serial: str) -> None:
+            await in_thread(
+                tgt.target.tgtadm, "--lld", "iscsi", "--op", "update", "--mode", "logicalunit",
+                "--tid", str(tgt.tid), "--lun", "1", "--params", f"scsi_sn={serial}",
+            )  # fmt: skip
+
+        async def outage() -> None:
+            (nexus,) = tgt.sessions()
+            await in_thread(tgt.target.drop_connection, tgt.tid, nexus.sid)
+            await session.recovery.wait_for(
+                SessionState.FAILED, SessionState.REOPEN, timeout=TIMEOUT
+            )
+            await session.recovery.wait_for(SessionState.LOGGED_IN, timeout=TIMEOUT)
+
+        await present_serial("OTHERDISK1")  # another disk under the same LUN number
+        await outage()
+        with pytest.raises(LunIdentityChanged, match="OTHERDISK1"):
+            await session.execute(scsi.write10(16, SECTORS), lun=1, data_out=block_for(16, 0))
+        # The old serial again, and another relogin: nothing vouches for what was between,
+        # so the LUN stays failed (never another disk's data served as this one).
+        await present_serial(serial)
+        await outage()
         with pytest.raises(LunIdentityChanged, match="OTHERDISK1"):
             await session.execute(scsi.write10(16, SECTORS), lun=1, data_out=block_for(16, 0))
         with open(tgt.backing, "rb") as f:
@@ -193,6 +187,7 @@ async def test_a_lun_that_changed_identity_after_relogin_is_failed_not_written(
             assert f.read(BLOCK) == bytes(BLOCK)  # nothing was written
         # The session itself is fine: other commands (LUN 0, the controller) still work.
         assert (await session.execute(scsi.test_unit_ready(), lun=0)).status == 0
+        assert session.recovery.reconnects == 2
     finally:
         await session.logout()
 
@@ -200,7 +195,7 @@ async def test_a_lun_that_changed_identity_after_relogin_is_failed_not_written(
 async def test_reopen_max_gives_the_session_up_and_fails_held_io(tgt: TgtDisk) -> None:
     """With node.session.reopen_max = 2 and the target gone for good, the session stops
     trying after two failed reconnects, and what it held fails with a clear error."""
-    session = make_session(tgt, reopen_max=2)
+    session = make_session(INITIATOR, tgt, nop=NOP_INTERVAL, reopen_max=2)
     await session.login()
     try:
         await in_thread(tgt.target.kill)
@@ -218,7 +213,9 @@ async def test_reopen_max_gives_the_session_up_and_fails_held_io(tgt: TgtDisk) -
 async def test_replacement_timeout_zero_fails_at_once_and_negative_holds(
     tgt: TgtDisk, replacement_timeout: int
 ) -> None:
-    session = make_session(tgt, replacement_timeout=replacement_timeout)
+    session = make_session(
+        INITIATOR, tgt, nop=NOP_INTERVAL, replacement_timeout=replacement_timeout
+    )
     await session.login()
     try:
         await in_thread(tgt.target.freeze)

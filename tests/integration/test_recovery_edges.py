@@ -13,14 +13,12 @@ from pyiscsid.daemon.control import Peer
 from pyiscsid.daemon.nbd import NbdServer
 from pyiscsid.daemon.nodedb import NodeDB
 from pyiscsid.daemon.recovery import SessionState
-from pyiscsid.daemon.session import Session
 from pyiscsid.daemon.supervisor import Supervisor
 from pyiscsid.protocol import scsi
-from pyiscsid.protocol.config import ConnectionConfig
-from pyiscsid.protocol.discovery import parse_portal
 from pyiscsid.protocol.errors import InitiatorProtocolError
 
 from tests.conftest import TgtDisk
+from tests.integration.sessions import make_session
 from tests.writer import TIMEOUT
 
 pytestmark = pytest.mark.tgtd
@@ -32,11 +30,7 @@ ROOT = Peer(pid=1, uid=0, gid=0, may_change=True)
 async def test_a_command_our_core_refuses_fails_alone_and_the_session_stays_up(
     tgt: TgtDisk,
 ) -> None:
-    config = ConnectionConfig(INITIATOR, tgt.iqn, isid=Session.new_isid(), noop_out_interval=0)
-    session = Session(
-        1, tgt.iqn, parse_portal(tgt.portal), config, login_timeout=3, logout_timeout=5,
-        timeouts={"replacement_timeout": 60},
-    )  # fmt: skip
+    session = make_session(INITIATOR, tgt)
     await session.login()
     try:
         with pytest.raises(InitiatorProtocolError, match="CDB length 261"):

@@ -14,35 +14,15 @@ from collections.abc import Callable
 
 import pytest
 from pyiscsid.daemon.recovery import SessionState
-from pyiscsid.daemon.session import Session
 from pyiscsid.protocol import scsi
-from pyiscsid.protocol.config import ConnectionConfig
-from pyiscsid.protocol.discovery import parse_portal
 from pyiscsid.protocol.scsi import ScsiStatus
 
 from tests.conftest import TgtDisk
 from tests.fake_target import FakeTarget
+from tests.integration.sessions import make_session
 from tests.writer import SECTORS, TIMEOUT, block_for, file_reader
 
 INITIATOR = "iqn.2026-11.test.pyiscsid:verify"
-
-
-def tgt_session(tgt: TgtDisk) -> Session:
-    config = ConnectionConfig(
-        INITIATOR, tgt.iqn, isid=Session.new_isid(), noop_out_interval=1, noop_out_timeout=1
-    )
-    return Session(
-        1, tgt.iqn, parse_portal(tgt.portal), config, login_timeout=3, logout_timeout=5,
-        timeouts={"replacement_timeout": 60},
-    )  # fmt: skip
-
-
-def fake_session(target: FakeTarget, *, login_timeout: float = 3) -> Session:
-    config = ConnectionConfig(INITIATOR, target.name, isid=Session.new_isid(), noop_out_interval=0)
-    return Session(
-        1, target.name, parse_portal(target.portal), config, login_timeout=login_timeout,
-        logout_timeout=3, timeouts={"replacement_timeout": 60},
-    )  # fmt: skip
 
 
 def is_vpd_inquiry(cdb: bytes) -> bool:
@@ -68,7 +48,7 @@ async def test_a_lun_missing_during_the_relogin_is_checked_again_not_failed(
 ) -> None:
     """tgt answers GOOD with peripheral qualifier 3 (and its controller's serial) for a LUN
     that is not there: that is no disk at all, not another disk."""
-    session = tgt_session(tgt)
+    session = make_session(INITIATOR, tgt, nop=1)
     await session.login()
     try:
         target, tid, lun = tgt.target, str(tgt.tid), str(tgt.lun)
@@ -97,7 +77,7 @@ STATUSES = [ScsiStatus.BUSY, ScsiStatus.TASK_SET_FULL]
 @pytest.mark.parametrize("status", STATUSES, ids=[status.name for status in STATUSES])
 async def test_a_busy_identity_answer_fails_the_attempt_not_the_lun(status: ScsiStatus) -> None:
     async with FakeTarget() as target:
-        session = fake_session(target)
+        session = make_session(INITIATOR, target)
         await session.login()
         try:
             assert session.luns[0].identity
@@ -118,7 +98,7 @@ async def test_a_busy_identity_answer_fails_the_attempt_not_the_lun(status: Scsi
 
 async def test_an_unanswered_identity_check_fails_the_attempt_and_closes_its_connection() -> None:
     async with FakeTarget() as target:
-        session = fake_session(target, login_timeout=1)
+        session = make_session(INITIATOR, target, login_timeout=1)
         await session.login()
         try:
             target.swallow = is_vpd_inquiry  # NOP-Outs and the rest are still answered
@@ -136,7 +116,7 @@ async def test_an_unanswered_identity_check_fails_the_attempt_and_closes_its_con
 
 async def test_a_logout_during_the_identity_check_closes_the_new_connection() -> None:
     async with FakeTarget() as target:
-        session = fake_session(target, login_timeout=TIMEOUT)
+        session = make_session(INITIATOR, target, login_timeout=TIMEOUT)
         await session.login()
         target.swallow = is_vpd_inquiry
         target.current.abort()
@@ -145,3 +125,4 @@ async def test_a_logout_during_the_identity_check_closes_the_new_connection() ->
         await session.logout()  # while the check waits for its answer
         await candidate.wait_closed(timeout=TIMEOUT)
         assert target.connections == []
+        assert target.logouts == 1  # the candidate logged out: its session ends on the target

@@ -12,13 +12,12 @@ from collections.abc import AsyncIterator
 import pytest
 from pyiscsid.daemon.session import Session
 from pyiscsid.protocol import scsi
-from pyiscsid.protocol.config import ConnectionConfig
-from pyiscsid.protocol.discovery import parse_portal
 from pyiscsid.protocol.errors import CommandRejected
 from pyiscsid.protocol.pdu import AsyncEvent, RejectReason
 from pyiscsid.protocol.pdu import TaskManagementFunction as TMF
 
 from tests.fake_target import FakeTarget
+from tests.integration.sessions import make_session
 
 INITIATOR = "iqn.2026-11.test.pyiscsid:escalation"
 TIMEOUT = 1.0  # command, abort and LU reset timeouts alike
@@ -32,20 +31,8 @@ async def target() -> AsyncIterator[FakeTarget]:
 
 
 def session_for(target: FakeTarget) -> Session:
-    config = ConnectionConfig(INITIATOR, target.name, isid=Session.new_isid(), noop_out_interval=0)
-    return Session(
-        1,
-        target.name,
-        parse_portal(target.portal),
-        config,
-        login_timeout=3,
-        logout_timeout=3,
-        timeouts={
-            "replacement_timeout": 60,
-            "command_timeout": TIMEOUT,
-            "abort_timeout": TIMEOUT,
-            "lu_reset_timeout": TIMEOUT,
-        },
+    return make_session(
+        INITIATOR, target, command_timeout=TIMEOUT, abort_timeout=TIMEOUT, lu_reset_timeout=TIMEOUT
     )
 
 
