@@ -41,11 +41,20 @@ __all__ = [
     "journal_field_name",
     "journal_fields",
     "resolve_mode",
+    "set_level",
     "stderr_is_journal",
 ]
 
 MODES = ("console", "json", "journal", "auto")
 """What ``configure`` (and ``pyiscsid --log``) accepts."""
+
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
+"""The names ``log.level`` takes in the config file, and what each means."""
 
 MASK = "********"
 """What a secret looks like in a log (the same as iscsiadm shows a password)."""
@@ -63,6 +72,22 @@ _NAME_KEYS = ("key", "name", "n")
 _VALUE_KEYS = ("value", "v")
 
 _secrets: set[str] = set()
+
+# The least important level written (set_level): read by every event, so that a SIGHUP that
+# changes log.level reaches the loggers already bound (each session's) as well as new ones.
+_threshold = logging.INFO
+# structlog's method name -> level; "msg" and anything unknown count as info.
+_METHOD_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "warning": logging.WARNING,
+    "err": logging.ERROR,
+    "error": logging.ERROR,
+    "exception": logging.ERROR,
+    "critical": logging.CRITICAL,
+    "fatal": logging.CRITICAL,
+}
 
 _PRIORITIES = {
     "debug": 7,
@@ -171,6 +196,27 @@ def drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMap
             continue  # already formatted into "exception" (and scrubbed there)
         else:
             event[key] = _scrub(event[key])
+    return event
+
+
+# --- level --------------------------------------------------------------------------------
+
+
+def set_level(level: int | str) -> None:
+    """Write events of ``level`` and above from now on: a number (``logging.INFO``) or a
+    ``log.level`` name (``"debug"``). Loggers bound before the call follow it too."""
+    global _threshold
+    if isinstance(level, str):
+        if level.lower() not in LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LEVELS)}, not {level!r}")
+        level = LEVELS[level.lower()]
+    _threshold = level
+
+
+def _below_threshold(_: Any, method: str, event: MutableMapping[str, Any]) -> Any:
+    """The first processor: drops an event less important than :func:`set_level` asked."""
+    if _METHOD_LEVELS.get(method, logging.INFO) < _threshold:
+        raise structlog.DropEvent
     return event
 
 
@@ -362,9 +408,14 @@ def configure(
     ``journal`` sends each event to journald; ``auto`` is ``journal`` when stderr is the
     journal stream and ``console`` otherwise. Exceptions are formatted to text before
     :func:`drop_secrets`, so that a secret in an exception message is masked too.
+
+    ``level`` is the first threshold; :func:`set_level` changes it later (``log.level`` at
+    start and on reload), for every logger, bound or not.
     """
     chosen = resolve_mode(mode)
+    set_level(level)
     processors: list[Any] = [
+        _below_threshold,
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
     ]
@@ -389,7 +440,9 @@ def configure(
     processors += [structlog.processors.format_exc_info, drop_secrets, renderer]
     structlog.configure(
         processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        # Everything reaches _below_threshold, which reads the level in force now: a
+        # filtering class would freeze the level into every logger bound under it.
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )

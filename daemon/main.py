@@ -14,6 +14,7 @@ import asyncio
 import os
 import signal
 import socket
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ DEFAULT_INITIATOR_NAME = "/etc/pyiscsid/initiatorname.iscsi"
 DEFAULT_STATE_DIR = "/var/lib/pyiscsid"
 DEFAULT_NBD_SOCKET = "/run/pyiscsid/nbd.sock"
 STATUS_INTERVAL = 2.0  # seconds between checks of the STATUS= line
+SUN_PATH_MAX = 107  # bytes of a Unix socket path: sockaddr_un.sun_path[108] and its NUL
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -127,7 +129,9 @@ async def _serve(
     reload_asked: asyncio.Event,
 ) -> None:
     config = load_config(Path(args.config))
+    logs.set_level(config.log_level)
     initiator_name = load_or_create_initiator_name(Path(args.initiator_name_file))
+    _check_directory(Path(args.state_dir), "--state-dir")
     nodedb = NodeDB(Path(args.state_dir), config.node_defaults)
     nodedb.open()
     try:
@@ -144,42 +148,53 @@ async def _serve(
         if handed is not None:
             await server.start_from_socket(handed)
         else:
+            _check_socket_path(args.socket, "--socket")
             await server.start(args.socket)
-        await nbd.start_unix(args.nbd_socket)  # after: no other daemon answers on our socket
-        if args.nbd_listen is not None:
-            try:
-                await nbd.start_tcp(*args.nbd_listen)
-            except OSError as exc:
-                await nbd.close()
-                await server.close()
-                raise ListenError(_listen_failure(args.nbd_listen, exc)) from exc
-        log.info(
-            "started", initiator_name=initiator_name, socket=str(server.path or args.socket),
-            activated=handed is not None, state_dir=args.state_dir, nodes=len(nodedb.nodes()),
-        )  # fmt: skip
-        links = LinkWatch(
-            on_address_lost=supervisor.address_lost, on_link_up=supervisor.link_up, log=log
-        )
-        await links.start()  # without netlink it says so once, and pings do the work
-        automatic = [r for r in nodedb.nodes() if r.startup in ("automatic", "onboot")]
-        notifier.status(f"logging in to {_plural(len(automatic), 'node')}")
-        logins = asyncio.create_task(supervisor.login_automatic())
-        logins.add_done_callback(_report_logins(log))
-        ready = asyncio.Event()
-        systemd_tasks = [
-            asyncio.create_task(_announce(logins, ready, notifier, supervisor)),
-            asyncio.create_task(
-                _reloads(reload_asked, ready, notifier, supervisor, server, Path(args.config), log)
-            ),
-        ]
-        await stop.wait()
-        for task in [logins, *systemd_tasks]:
-            task.cancel()
-        await asyncio.gather(logins, *systemd_tasks, return_exceptions=True)
-        await server.close()
-        await _stop(supervisor, nbd, notifier, log)
-        await links.close()  # last: a disk still served recovers from link events too
-        log.info("stopped")
+        try:
+            # After the control socket: a pyiscsid on the same control socket has said so
+            # by now, and one on another must not lose its NBD socket to us either.
+            _check_socket_path(args.nbd_socket, "--nbd-socket")
+            _check_not_answering(args.nbd_socket, "--nbd-socket")
+            await nbd.start_unix(args.nbd_socket)
+            if args.nbd_listen is not None:
+                try:
+                    await nbd.start_tcp(*args.nbd_listen)
+                except OSError as exc:
+                    raise ListenError(_listen_failure(args.nbd_listen, exc)) from exc
+            log.info(
+                "started", initiator_name=initiator_name, socket=str(server.path or args.socket),
+                activated=handed is not None, state_dir=args.state_dir, nodes=len(nodedb.nodes()),
+            )  # fmt: skip
+            links = LinkWatch(
+                on_address_lost=supervisor.address_lost, on_link_up=supervisor.link_up, log=log
+            )
+            await links.start()  # without netlink it says so once, and pings do the work
+            automatic = [r for r in nodedb.nodes() if r.startup in ("automatic", "onboot")]
+            notifier.status(f"logging in to {_plural(len(automatic), 'node')}")
+            logins = asyncio.create_task(supervisor.login_automatic())
+            logins.add_done_callback(_report_logins(log))
+            ready = asyncio.Event()
+            reloads = _reloads(
+                reload_asked, ready, notifier, supervisor, server, Path(args.config), log
+            )
+            systemd_tasks = [
+                asyncio.create_task(_announce(logins, ready, notifier, supervisor)),
+                asyncio.create_task(reloads),
+            ]
+            await stop.wait()
+            for task in [logins, *systemd_tasks]:
+                task.cancel()
+            await asyncio.gather(logins, *systemd_tasks, return_exceptions=True)
+            await server.close()
+            await _stop(supervisor, nbd, notifier, log)
+            await links.close()  # last: a disk still served recovers from link events too
+            log.info("stopped")
+        finally:
+            # Both are idempotent. After a start-up step that failed (an NBD socket in use,
+            # an address taken), no socket of ours is left for a client to find: a control
+            # socket that nobody answers says "daemon crashed", not "bad --nbd-socket".
+            await server.close()
+            await nbd.close()
     finally:
         nodedb.close()
 
@@ -252,6 +267,66 @@ class ListenError(ISCSIError):
     """``--nbd-listen`` names an address the daemon cannot listen on."""
 
 
+class PathError(ISCSIError):
+    """A path on the command line cannot serve: the message names the option, the path and
+    what is wrong, where the system call's own error ("File exists") would not."""
+
+
+def _check_directory(path: Path, option: str, given: str | None = None) -> None:
+    """``path`` is a directory, or can be made one: what exists of it is directories.
+    ``given`` is the option's value when ``path`` is only its folder (a socket's)."""
+    given = given or str(path)
+    for existing in (path, *path.parents):
+        try:
+            mode = os.stat(existing).st_mode
+        except OSError:  # not there (or below a file): look further up
+            continue
+        if not stat.S_ISDIR(mode):
+            what = "it" if str(existing) == given else str(existing)
+            raise PathError(f"{option} {given}: {what} exists and is not a directory")
+        return
+
+
+def _check_socket_path(path: str, option: str) -> None:
+    """A Unix socket can be bound at ``path``: short enough, in a directory, and not taking
+    the place of something that is not a socket (the NBD server would unlink it)."""
+    size = len(os.fsencode(path))
+    if size > SUN_PATH_MAX:
+        raise PathError(
+            f"{option} {path}: too long for a Unix socket ({size} bytes, at most "
+            f"{SUN_PATH_MAX}); choose a shorter path"
+        )
+    _check_directory(Path(path).parent, option, path)
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise PathError(
+            f"{option} {path}: it exists and is not a socket; remove it or choose another path"
+        )
+
+
+def _check_not_answering(path: str, option: str) -> None:
+    """Nobody listens on the socket at ``path``: one that answers belongs to a live process
+    (another pyiscsid with its own control socket), and binding ours would unlink it. A
+    socket nobody answers on is left over from a daemon that died, and may be replaced."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.setblocking(False)
+        try:
+            probe.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            return
+        except BlockingIOError:
+            pass  # a listener whose backlog is full: alive
+        except OSError:
+            return  # not ours to judge (permissions...): the bind says what is wrong
+    raise PathError(
+        f"{option} {path}: another process is answering on it (a running pyiscsid?); "
+        f"stop it or choose another {option}"
+    )
+
+
 def _listen_failure(address: tuple[str, int], exc: OSError) -> str:
     host, port = address
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -310,6 +385,7 @@ async def _reloads(
         except (ISCSIError, OSError) as exc:
             log.error("reload failed, old configuration kept", reason=str(exc))
         else:
+            logs.set_level(new.log_level)
             try:
                 await supervisor.reload(new)
                 server.set_control_group(new.control_group)
@@ -352,7 +428,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pyiscsid: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a path it cannot create or open: say which, no traceback
-        print(f"pyiscsid: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"pyiscsid: {where}{exc.strerror or exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

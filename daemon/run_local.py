@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .localtarget import TgtTarget, free_tcp_port
+from .localtarget import TgtTarget
 
 TARGET = "iqn.2026-11.local.pyiscsid:disk1"
 DISK_SIZE = 64 << 20
@@ -24,29 +24,25 @@ ISCSI_PORT = 3260
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make run", description=__doc__)
     parser.add_argument("--dir", default=".run", help="where everything lives (%(default)s)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=ISCSI_PORT,
+        help="the target's port (%(default)s, or any free one when taken; 0: any free one)",
+    )
     args = parser.parse_args(argv)
     for signum in (signal.SIGINT, signal.SIGTERM):  # also when started in the background
         signal.signal(signum, _interrupt)
     root = Path(args.dir).resolve()
     root.mkdir(parents=True, exist_ok=True)
     socket_path = root / "control.sock"
+    nbd_path = root / "nbd.sock"
     bindir = Path(sys.executable).parent
-    port = ISCSI_PORT if _port_is_free(ISCSI_PORT) else free_tcp_port()
+    # None: TgtTarget picks a free port, and picks again should another program take it first.
+    port = args.port if args.port and _port_is_free(args.port) else None
     with TgtTarget(root / "tgtd", port=port) as target:
         target.add_disk(1, TARGET, root / "disk1.img", DISK_SIZE)
-        daemon = subprocess.Popen(
-            [
-                str(bindir / "pyiscsid"),
-                "--config",
-                str(root / "pyiscsid.conf"),
-                "--initiator-name-file",
-                str(root / "initiatorname.iscsi"),
-                "--state-dir",
-                str(root / "state"),
-                "--socket",
-                str(socket_path),
-            ],
-        )
+        daemon = subprocess.Popen(daemon_argv(bindir, root))
         adm = shutil.which("pyiscsiadm", path=str(bindir)) or "pyiscsiadm"
         print(
             f"""
@@ -59,6 +55,7 @@ In another shell, from this folder:
   {adm} -m node --login
   {adm} -m session -P 3
   {adm} -m node --logout
+  nbdinfo --list "nbd+unix:///?socket={nbd_path}"   # the LUNs, as NBD exports
 
 Ctrl-C here stops pyiscsid (logging out) and the target.
 """,
@@ -72,6 +69,20 @@ Ctrl-C here stops pyiscsid (logging out) and the target.
         finally:
             if daemon.poll() is None:
                 daemon.kill()
+
+
+def daemon_argv(bindir: Path, root: Path) -> list[str]:
+    """pyiscsid's command line with every path it takes under ``root``: the system's
+    defaults (/etc/pyiscsid, /var/lib/pyiscsid, /run/pyiscsid) belong to a pyiscsid that may
+    be running for real, and its NBD socket would be replaced by ours."""
+    return [
+        str(bindir / "pyiscsid"),
+        "--config", str(root / "pyiscsid.conf"),
+        "--initiator-name-file", str(root / "initiatorname.iscsi"),
+        "--state-dir", str(root / "state"),
+        "--socket", str(root / "control.sock"),
+        "--nbd-socket", str(root / "nbd.sock"),
+    ]  # fmt: skip
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -41,9 +41,11 @@ def root_sessions(
 
     The kernel names the process that attached each NBD device (``/sys/block/nbdN/pid``);
     it is the peer of one of our NBD connections when ``nbd-client`` attached it without
-    forking (netlink mode, the default). When no peer matches, or the kernel cannot be
-    read, every disk an NBD client holds is kept, and the reason says so: logging out of
-    the root disk loses data, keeping one session too many costs nothing.
+    forking (netlink mode, the default). When any device under ``/`` or ``/usr`` matches
+    none of our peers (an ``nbd-client`` that forked, a device not connected), or the
+    kernel cannot be read, every disk an NBD client holds is kept, and the reason says so:
+    one matched device says nothing of the others (``/`` on LVM over two disks), logging
+    out of the root disk loses data, and keeping one session too many costs nothing.
     """
     in_use = {client.export for client in clients if client.export is not None}
     try:
@@ -58,25 +60,30 @@ def root_sessions(
         }
     except Exception as exc:  # any failure to tell, RootDiskError or not, keeps the disks
         return _every_disk_in_use(sessions, in_use, f"cannot tell which disk holds / ({exc})", log)
+    ours = {c.pid for c in clients if c.pid is not None and c.export is not None}
     reasons: dict[str, str] = {}  # export -> why it stays
     for mount_point, devices in reversed(held.items()):  # "/" last: its reason wins
         pids = {device.pid for device in devices if device.pid is not None}
         why = ROOT if mount_point == "/" else f"its disk holds {mount_point}"
         reasons |= {c.export: why for c in clients if c.export is not None and c.pid in pids}
-    unmatched = [d for devices in held.values() for d in devices]
-    if unmatched and not reasons:
-        names = ", ".join(f"/dev/{device.name}" for device in unmatched)
+    unmatched = sorted(
+        {d.name for devices in held.values() for d in devices if d.pid is None or d.pid not in ours}
+    )
+    keep: dict[int, str] = {}
+    if unmatched:
+        names = ", ".join(f"/dev/{name}" for name in unmatched)
         reason_all = (
             f"/ or /usr is on {names}, attached by a process that is none of our NBD clients, "
             "so every disk in use may hold it"
         )
-        return _every_disk_in_use(sessions, in_use, reason_all, log)
-    return {
+        keep = _every_disk_in_use(sessions, in_use, reason_all, log)
+    keep |= {
         s.sid: reasons[export]
         for s in sessions
         for export in s.exports.values()
         if export in reasons
     }
+    return keep
 
 
 def _every_disk_in_use(

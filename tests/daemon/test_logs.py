@@ -47,6 +47,7 @@ def _reset() -> Iterator[None]:
     yield
     structlog.reset_defaults()
     logs.clear_secrets()
+    logs.set_level(logging.INFO)
 
 
 @pytest.fixture
@@ -249,6 +250,27 @@ def test_json_lines(capsys: pytest.CaptureFixture[str]) -> None:
     assert line["level"] == "info"
     assert line["ISCSI_TARGET"] == TARGET and line["ISCSI_SID"] == 3
     assert line["timestamp"].endswith("Z")
+
+
+def test_set_level_reaches_loggers_bound_before_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """log.level at start and on SIGHUP: a session's logger, bound long before, follows the
+    level in force when it logs, not the one in force when it was bound."""
+    logs.configure("json")
+    session = structlog.get_logger("pyiscsid.session").bind(ISCSI_SID=3)
+    logs.set_level("error")
+    session.info("hidden at error")
+    session.warning("hidden at error too")
+    session.error("shown at error")
+    logs.set_level("debug")
+    session.debug("shown at debug")
+    structlog.get_logger().log(logging.DEBUG, "by number")
+    logs.set_level(logging.WARNING)
+    session.info("hidden at warning")
+    session.exception("an exception is an error")
+    events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    assert events == ["shown at error", "shown at debug", "by number", "an exception is an error"]
+    with pytest.raises(ValueError, match="debug, info, warning, error"):
+        logs.set_level("verbose")
 
 
 def test_console_has_no_colors_off_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:

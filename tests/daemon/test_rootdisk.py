@@ -221,3 +221,43 @@ def test_the_sessions_kept_are_those_under_slash_and_usr_by_their_nbd_clients(
 def _session(sid: int, export: str) -> Any:
     """What root_sessions reads of a Session: its SID and exports."""
     return SimpleNamespace(sid=sid, exports={1: export})
+
+
+def test_one_unmatched_disk_under_slash_keeps_every_disk_in_use(tmp_path: Path) -> None:
+    """/ on LVM over nbd0 and nbd1: nbd0 was attached by our NBD peer 5 (export a), nbd1 by
+    an nbd-client that forked (pid 99, none of our peers; ours for export b is 7). The match
+    of nbd0 says nothing of nbd1, so b may be half of / and stays too, as does c, in use
+    but under nothing we can see; d, exported but with no client, may go."""
+    sysfs = Sysfs(tmp_path / "sys")
+    nbd0 = sysfs.disk("nbd0", "43:0", pid=5)
+    nbd1 = sysfs.disk("nbd1", "43:32", pid=99)
+    sysfs.mapped("dm-0", "254:0", nbd0, nbd1)
+    info = mountinfo(tmp_path / "mountinfo", root_line("254:0", "/dev/mapper/vg-root"))
+    config = DaemonConfig(mountinfo_path=info, sysfs_path=sysfs.root)
+    sessions = [_session(1, "a"), _session(2, "b"), _session(3, "c"), _session(4, "d")]
+    clients = [NbdClientInfo(5, 0, "a"), NbdClientInfo(7, 0, "b"), NbdClientInfo(9, 0, "c")]
+    kept = root_sessions(sessions, clients, config, structlog.get_logger("test"))
+    assert sorted(kept) == [1, 2, 3]
+    assert kept[1] == ROOT
+    assert "/dev/nbd1" in kept[2] and "/dev/nbd0" not in kept[2]
+    # The same hole through /usr: / matched on nbd0, /usr on nbd1 by a stranger.
+    info.write_text(
+        root_line("43:0", "/dev/nbd0") + "\n30 29 43:32 / /usr rw - ext4 /dev/nbd1 rw\n"
+    )
+    assert sorted(root_sessions(sessions, clients, config, structlog.get_logger("test"))) == [
+        1,
+        2,
+        3,
+    ]
+
+
+def test_a_disk_matched_by_a_peer_still_negotiating_is_not_a_match(tmp_path: Path) -> None:
+    """Peer 5 attached nbd0 (/) but has opened no export yet: which export holds / is not
+    known, so every disk in use stays."""
+    sysfs = Sysfs(tmp_path / "sys")
+    sysfs.disk("nbd0", "43:0", pid=5)
+    info = mountinfo(tmp_path / "mountinfo", root_line("43:0", "/dev/nbd0"))
+    config = DaemonConfig(mountinfo_path=info, sysfs_path=sysfs.root)
+    sessions = [_session(1, "a"), _session(2, "b")]
+    clients = [NbdClientInfo(5, 0, None), NbdClientInfo(7, 0, "a")]
+    assert sorted(root_sessions(sessions, clients, config, structlog.get_logger("test"))) == [1]

@@ -6,6 +6,7 @@ activation through systemd-socket-activate's real LISTEN_FDS hand-over."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -263,3 +264,45 @@ def test_socket_activation_the_first_connection_starts_the_daemon(tmp_path: Path
         code = daemon.stop()
     assert code == 0
     assert daemon.socket.exists()  # the socket belongs to whoever bound it
+
+
+def test_log_level_applies_at_start_and_on_each_reload(
+    notify: NotifyListener, tmp_path: Path
+) -> None:
+    """log.level = warning hides info ("started") and debug (each control request); a
+    reload to debug shows both, one back to error hides them again."""
+    daemon = Daemon(
+        tmp_path / "daemon", config_text="log.level = warning\n", env=notify_env(notify)
+    ).start()
+
+    def reload(level: str) -> None:
+        assert daemon.process is not None
+        daemon.config.write_text(f"log.level = {level}\n")
+        before = len(notify)
+        daemon.process.send_signal(signal.SIGHUP)
+        notify.wait_line("READY=1", after=notify.wait_line("RELOADING=1", after=before))
+
+    def levels() -> list[str]:
+        lines = daemon.log().splitlines()
+        return [json.loads(line)["level"] for line in lines if line.startswith("{")]
+
+    try:
+        notify.wait_line("READY=1")
+        assert daemon.request("status")["ok"] is True
+        assert set(levels()) <= {"warning", "error"}, daemon.log()
+        assert not daemon.events("started") and not daemon.events("control.request")
+
+        reload("debug")
+        assert daemon.events("reloaded")  # info, logged once debug is in force
+        assert daemon.request("status")["ok"] is True
+        requests = len(daemon.events("control.request"))
+        assert requests >= 1, daemon.log()
+
+        reload("error")
+        shown = len(levels())
+        assert daemon.request("status")["ok"] is True
+        assert len(daemon.events("control.request")) == requests
+        assert len(levels()) == shown, daemon.log()
+    finally:
+        code = daemon.stop()
+    assert code == 0
