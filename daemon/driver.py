@@ -654,20 +654,32 @@ async def open_connection(
     raise ConnectionLostError(f"more than {max_redirects} login redirects")
 
 
+async def send_targets(
+    portal: Portal,
+    config: ConnectionConfig,
+    *,
+    login_timeout: float = DEFAULT_LOGIN_TIMEOUT,
+) -> list[tuple[str, str]]:
+    """The keys of a SendTargets response, as sent (RFC 7143 Appendix C): log in, ask, log
+    out. :func:`discover` parses them all or nothing; the daemon reads them entry by entry
+    (``protocol.discovery.read_send_targets``)."""
+    config = replace(config, target_name=None, noop_out_interval=0)
+    conn = await open_connection(portal, config, login_timeout=login_timeout)
+    try:
+        return await conn.text(send_targets_request("All"), timeout=login_timeout)
+    finally:
+        try:
+            await conn.logout(timeout=login_timeout)
+        except (ISCSIError, TimeoutError):
+            conn.close()
+
+
 async def discover(
     portal: Portal,
     config: ConnectionConfig,
     *,
     login_timeout: float = DEFAULT_LOGIN_TIMEOUT,
 ) -> list[DiscoveredTarget]:
-    """SendTargets discovery (RFC 7143 Appendix C): log in, ask, log out."""
-    config = replace(config, target_name=None, noop_out_interval=0)
-    conn = await open_connection(portal, config, login_timeout=login_timeout)
-    try:
-        pairs = await conn.text(send_targets_request("All"), timeout=login_timeout)
-    finally:
-        try:
-            await conn.logout(timeout=login_timeout)
-        except (ISCSIError, TimeoutError):
-            conn.close()
+    """SendTargets discovery: the targets, or a TargetProtocolError for a bad response."""
+    pairs = await send_targets(portal, config, login_timeout=login_timeout)
     return parse_send_targets(pairs, portal)

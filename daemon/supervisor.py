@@ -10,21 +10,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import functools
 import importlib.metadata
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
-from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.discovery import (
+    OfferedTarget,
     Portal,
+    SkippedEntry,
     parse_portal,
-    parse_target_address,
-    send_targets_request,
+    read_send_targets,
 )
-from pyiscsid.protocol.errors import ISCSIError, TargetProtocolError
+from pyiscsid.protocol.errors import ISCSIError
 
 from . import settings
 from .busypoll import BusyPoll
@@ -38,7 +37,7 @@ from .control import (
     SessionNotFound,
     error_for,
 )
-from .driver import open_connection
+from .driver import send_targets
 from .firmware import Chap, Firmware, FirmwareTarget, Nic, Problem, read_ibft
 from .nbd import NbdServer
 from .nbd_export import LunExport
@@ -178,98 +177,6 @@ def _firmware_result(firmware: Firmware) -> dict[str, Any]:
     }
 
 
-# -- SendTargets, read entry by entry ------------------------------------------------------
-
-_ADDRESS_FORM = "not ADDRESS[:PORT][,TPGT] (RFC 7143 section 13.8)"
-
-
-@dataclasses.dataclass
-class OfferedTarget:
-    """A target of a SendTargets reply: its name, which TargetName of the reply it is
-    (1-based), its usable portals (each with which of its TargetAddress keys it came
-    from) and how many TargetAddress keys it had in all."""
-
-    name: str
-    number: int
-    portals: list[tuple[Portal, int]]
-    addresses: int = 0
-
-
-def _skip(key: str, number: int, target: str | None, reason: str) -> dict[str, Any]:
-    """A reply entry left out: which key, which one of them, the (valid) target name it
-    belongs to, and why. Never the value: the target sent it and it may be anything."""
-    return {"key": key, "number": number, "target": target, "reason": reason}
-
-
-def read_send_targets(
-    pairs: Sequence[tuple[str, str]], asked: Portal
-) -> tuple[list[OfferedTarget], list[dict[str, Any]]]:
-    """A SendTargets reply's targets (RFC 7143 Appendix C), each entry on its own.
-
-    The protocol's ``parse_send_targets`` refuses a whole reply for one bad value, which is
-    right for a codec; here one target's bad TargetName or TargetAddress must not hide the
-    others, so a bad entry is left out and said why, and the rest is used. A TargetName
-    that cannot name a node drops the TargetAddress keys after it; a target with
-    TargetAddress keys none of which can be used is left out (where we asked is not where
-    it said it is); one without any is reached where we asked (``asked``).
-    """
-    offered: dict[str, OfferedTarget] = {}
-    skipped: list[dict[str, Any]] = []
-    current: OfferedTarget | None = None
-    names = orphans = 0
-    for key, value in pairs:
-        if key == "TargetName":
-            names += 1
-            reason = target_name_problem(value)
-            if reason is not None:
-                skipped.append(_skip("TargetName", names, None, reason))
-                current = None
-                continue
-            current = offered.setdefault(value, OfferedTarget(value, names, []))
-        elif key == "TargetAddress":
-            if current is None:
-                if names == 0:
-                    orphans += 1
-                    skipped.append(
-                        _skip("TargetAddress", orphans, None, "comes before any TargetName")
-                    )
-                continue  # else it belongs to a TargetName skipped already
-            current.addresses += 1
-            try:
-                portal = parse_target_address(value)
-            except TargetProtocolError:
-                skipped.append(
-                    _skip("TargetAddress", current.addresses, current.name, _ADDRESS_FORM)
-                )
-                continue
-            if all(portal != known for known, _ in current.portals):
-                current.portals.append((portal, current.addresses))
-    targets: list[OfferedTarget] = []
-    for target in offered.values():
-        if not target.portals and target.addresses:
-            reason = "none of its TargetAddress values can be used"
-            skipped.append(_skip("TargetName", target.number, target.name, reason))
-        else:
-            targets.append(target)
-    return targets, skipped
-
-
-async def send_targets(
-    portal: Portal, config: ConnectionConfig, *, login_timeout: float
-) -> list[tuple[str, str]]:
-    """The keys of a SendTargets reply, unparsed: log in, ask, log out (RFC 7143
-    Appendix C). As ``driver.discover``, which parses the reply all or nothing."""
-    config = dataclasses.replace(config, target_name=None, noop_out_interval=0)
-    conn = await open_connection(portal, config, login_timeout=login_timeout)
-    try:
-        return await conn.text(send_targets_request("All"), timeout=login_timeout)
-    finally:
-        try:
-            await conn.logout(timeout=login_timeout)
-        except (ISCSIError, TimeoutError):
-            conn.close()
-
-
 def fail_sessions_using(sessions: Iterable[Session], address: str) -> None:
     """The kernel took away a local address (or its link): fail the sessions using it now
     instead of waiting for their NOP-Out timeout (linkwatch)."""
@@ -368,7 +275,7 @@ class Supervisor:
         timeout = float(settings.get(discovery, "discovery.sendtargets.timeo.login_timeout"))
         self.log.info("discovery", portal=portal.address_port, ISCSI_EVENT="discovery")
         pairs = await send_targets(portal, config, login_timeout=timeout)
-        targets, skipped = read_send_targets(pairs, portal)
+        targets, skipped = read_send_targets(pairs, target_name_problem)
         entries: list[tuple[str, str, int, int]] = []
         origins: list[tuple[OfferedTarget, int | None]] = []  # the target, its TargetAddress
         for target in targets:
@@ -384,15 +291,15 @@ class Supervisor:
             target, number = origins[bad.position]
             if bad.key == "node.name" or number is None:
                 name = None if bad.key == "node.name" else target.name
-                entry = _skip("TargetName", target.number, name, bad.reason)
+                entry = SkippedEntry("TargetName", target.number, name, bad.reason)
             else:
-                entry = _skip("TargetAddress", number, target.name, bad.reason)
+                entry = SkippedEntry("TargetAddress", number, target.name, bad.reason)
             if entry not in skipped:
                 skipped.append(entry)
         for entry in skipped:
             self.log.warning(
-                "discovery entry skipped", portal=portal.address_port, key=entry["key"],
-                number=entry["number"], ISCSI_TARGET=entry["target"], reason=entry["reason"],
+                "discovery entry skipped", portal=portal.address_port, key=entry.key,
+                number=entry.number, ISCSI_TARGET=entry.target, reason=entry.reason,
             )  # fmt: skip
         result: dict[str, Any] = {
             "targets": [
@@ -400,7 +307,7 @@ class Supervisor:
                 for index, (name, address, port, tpgt) in enumerate(entries)
                 if index not in left_out
             ],
-            "skipped": skipped,
+            "skipped": [dataclasses.asdict(entry) for entry in skipped],
         }
         if args.get("login"):
             result["logins"] = await self._login_all(added.records)
@@ -536,8 +443,8 @@ class Supervisor:
             startup=record.startup,
             timeouts={name: settings.get_int(values, key) for name, key in _TIMEOUTS},
             busy_poll=self.busy_poll,
+            on_given_up=self._given_up,
         )
-        session.recovery.on_given_up = functools.partial(self._given_up, session)
         return session
 
     def _given_up(self, session: Session) -> None:

@@ -9,20 +9,23 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from .errors import InitiatorProtocolError, ISCSIError, TargetProtocolError
 
 __all__ = [
     "DEFAULT_PORT",
     "DiscoveredTarget",
+    "OfferedTarget",
     "Portal",
     "PortalFormatError",
+    "SkippedEntry",
     "format_send_targets",
     "parse_portal",
     "parse_send_targets",
     "parse_target_address",
+    "read_send_targets",
     "send_targets_request",
 ]
 
@@ -162,37 +165,108 @@ def send_targets_request(target: str = "All") -> list[tuple[str, str]]:
     return [("SendTargets", target)]
 
 
+@dataclass(frozen=True)
+class OfferedTarget:
+    """A target as a SendTargets response offers it: its name, which TargetName of the
+    response it is (1-based), its usable portals (each with which of its TargetAddress keys
+    it came from) and how many TargetAddress keys it had in all."""
+
+    name: str
+    number: int
+    portals: tuple[tuple[Portal, int], ...] = ()
+    addresses: int = 0
+
+
+@dataclass(frozen=True)
+class SkippedEntry:
+    """An entry of a SendTargets response left out: which key, which one of them (1-based),
+    the usable target name it belongs to, and why. Never the value: the target sent it, and
+    it may be anything (terminal escapes, a right-to-left override)."""
+
+    key: str
+    number: int
+    target: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        of = f" of {self.target}" if self.target is not None else ""
+        return f"{self.key} {self.number}{of}: {self.reason}"
+
+
+_ADDRESS_FORM = "not ADDRESS[:PORT][,TPGT] (RFC 7143 section 13.8)"
+
+
+def _name_problem(name: str) -> str | None:
+    return "empty" if not name else None
+
+
+def read_send_targets(
+    pairs: Sequence[tuple[str, str]],
+    name_problem: Callable[[str], str | None] = _name_problem,
+) -> tuple[list[OfferedTarget], list[SkippedEntry]]:
+    """The targets of a SendTargets response (RFC 7143 Appendix C), each entry on its own:
+    a bad one is left out and said why, and the rest is used.
+
+    Each TargetName starts a target; the TargetAddress keys after it are its portals. A name
+    given twice gathers the portals of both; repeated portals are kept once; other keys
+    (such as TargetAlias) are ignored. A TargetName that ``name_problem`` refuses drops the
+    TargetAddress keys after it; a target whose TargetAddress keys are all unusable is left
+    out (where we asked is not where it said it is).
+    """
+    offered: dict[str, OfferedTarget] = {}
+    skipped: list[SkippedEntry] = []
+    current: str | None = None
+    names = orphans = 0
+    for key, value in pairs:
+        if key == "TargetName":
+            names += 1
+            reason = name_problem(value)
+            if reason is not None:
+                skipped.append(SkippedEntry("TargetName", names, None, reason))
+                current = None
+                continue
+            current = value
+            offered.setdefault(value, OfferedTarget(value, names))
+        elif key == "TargetAddress":
+            if current is None:
+                if names == 0:
+                    orphans += 1
+                    reason = "comes before any TargetName"
+                    skipped.append(SkippedEntry("TargetAddress", orphans, None, reason))
+                continue  # else it belongs to a TargetName left out already
+            target = offered[current]
+            number = target.addresses + 1
+            portals = target.portals
+            try:
+                portal = parse_target_address(value)
+            except TargetProtocolError:
+                skipped.append(SkippedEntry("TargetAddress", number, current, _ADDRESS_FORM))
+            else:
+                if all(portal != known for known, _ in portals):
+                    portals += ((portal, number),)
+            offered[current] = replace(target, portals=portals, addresses=number)
+    targets: list[OfferedTarget] = []
+    for target in offered.values():
+        if not target.portals and target.addresses:
+            reason = "none of its TargetAddress values can be used"
+            skipped.append(SkippedEntry("TargetName", target.number, target.name, reason))
+        else:
+            targets.append(target)
+    return targets, skipped
+
+
 def parse_send_targets(
     pairs: Sequence[tuple[str, str]], default_portal: Portal
 ) -> list[DiscoveredTarget]:
-    """The targets of a SendTargets response (RFC 7143 Appendix C), in the order given.
-
-    Each TargetName starts a target; the TargetAddress keys after it are its portals. A
-    target with no TargetAddress is reached where we asked, ``default_portal``. A name given
-    twice gathers the portals of both; repeated portals are kept once. Other keys (such as
-    TargetAlias) are ignored.
-    """
-    targets: dict[str, list[Portal]] = {}
-    current: list[Portal] | None = None
-    for key, value in pairs:
-        if key == "TargetName":
-            if not value:
-                raise TargetProtocolError("SendTargets response: empty TargetName")
-            current = targets.setdefault(value, [])
-        elif key == "TargetAddress":
-            if current is None:
-                raise TargetProtocolError(
-                    f"SendTargets response: TargetAddress={value!r} comes before any TargetName"
-                )
-            try:
-                portal = parse_target_address(value)
-            except TargetProtocolError as exc:
-                raise TargetProtocolError(f"SendTargets response: {exc}") from None
-            if portal not in current:
-                current.append(portal)
+    """The targets of a SendTargets response, all or nothing: the first bad entry
+    (:func:`read_send_targets`) is a :class:`TargetProtocolError`. A target with no
+    TargetAddress is reached where we asked, ``default_portal``."""
+    targets, skipped = read_send_targets(pairs)
+    if skipped:
+        raise TargetProtocolError(f"SendTargets response: {skipped[0]}")
     return [
-        DiscoveredTarget(name, tuple(portals) or (default_portal,))
-        for name, portals in targets.items()
+        DiscoveredTarget(t.name, tuple(p for p, _ in t.portals) or (default_portal,))
+        for t in targets
     ]
 
 

@@ -1,12 +1,12 @@
-"""The daemon's reading of a SendTargets reply, entry by entry (supervisor.read_send_targets):
-the codec's rules for a good reply, and a bad entry costing only itself."""
+"""The daemon's reading of a SendTargets reply, entry by entry (read_send_targets with the
+node database's name rules): the codec's rules for a good reply, and a bad entry costing
+only itself."""
 
 from __future__ import annotations
 
-from pyiscsid.daemon.supervisor import read_send_targets
-from pyiscsid.protocol.discovery import Portal
+from pyiscsid.daemon.nodedb import target_name_problem
+from pyiscsid.protocol.discovery import Portal, SkippedEntry, read_send_targets
 
-ASKED = Portal("192.0.2.1", 3260)
 A, B = "iqn.2026-11.org.example:a", "iqn.2026-11.org.example:b"
 
 
@@ -23,7 +23,7 @@ def test_a_good_reply_reads_as_the_codec_reads_it() -> None:
             ("TargetAddress", "[fd00::1]:3261,2"),
             ("TargetAddress", "10.0.0.1:3260,1"),
         ],
-        ASKED,
+        target_name_problem,
     )
     assert skipped == []
     assert [(t.name, t.number, [p for p, _ in t.portals]) for t in targets] == [
@@ -41,17 +41,12 @@ def test_each_bad_entry_is_skipped_alone() -> None:
             ("TargetAddress", "10.0.0.1:99999,1"),
             ("TargetAddress", "10.0.0.1:3260,1"),
         ],
-        ASKED,
+        target_name_problem,
     )
     assert [(t.name, [(str(p), n) for p, n in t.portals]) for t in targets] == [
         (A, [("10.0.0.1:3260,1", 2)])
     ]
     assert skipped == [
-        {"key": "TargetName", "number": 1, "target": None, "reason": "empty"},
-        {
-            "key": "TargetAddress",
-            "number": 1,
-            "target": A,
-            "reason": "not ADDRESS[:PORT][,TPGT] (RFC 7143 section 13.8)",
-        },
+        SkippedEntry("TargetName", 1, None, "empty"),
+        SkippedEntry("TargetAddress", 1, A, "not ADDRESS[:PORT][,TPGT] (RFC 7143 section 13.8)"),
     ]
