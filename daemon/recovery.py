@@ -32,6 +32,7 @@ BACKOFF_FIRST = 1.0  # seconds before the second attempt (the first waits Time2W
 BACKOFF_CAP = 30.0
 LOG_EVERY_ATTEMPTS = 10  # during a long outage, one line per this many failed attempts
 MAX_COMMAND_RETRIES = 5  # aborted commands issued again, as the Linux SCSI layer allows
+MAX_TIME2WAIT = 3600  # seconds: the range of DefaultTime2Wait (RFC 7143 section 13.15)
 
 
 class SessionState(enum.Enum):
@@ -71,6 +72,13 @@ def backoff(attempt: int, rng: Callable[[], float] = random.random) -> float:
     with +-25% jitter so that many sessions of one target do not retry in step."""
     base = min(BACKOFF_CAP, BACKOFF_FIRST * 2.0 ** (attempt - 1))
     return base * (0.75 + 0.5 * rng())
+
+
+def _time2wait(seconds: int) -> float:
+    """A Time2Wait the target sent (async message Parameter2, Logout Response), within
+    the key's range (RFC 7143 section 13.15: 0..3600): a 16-bit field allows 18 hours,
+    which no kick could shorten."""
+    return float(min(seconds, MAX_TIME2WAIT))
 
 
 class Recovery:
@@ -225,7 +233,7 @@ class Recovery:
             self._detached(self._logout_for_recovery(connection, float(event.parameter3)))
         elif code in (AsyncEvent.CONNECTION_DROP, AsyncEvent.SESSION_DROP):
             # The target drops us; Parameter2 is the Time2Wait to honour before reconnecting.
-            self._time2wait = float(event.parameter2)
+            self._time2wait = _time2wait(event.parameter2)
             self.connection_lost(connection, f"target is dropping the connection (event {code})")
             connection.abort(f"target dropped the connection (async event {code})")
 
@@ -241,7 +249,7 @@ class Recovery:
         await connection.wait_idle(max(within - 1.0, 0.0))
         answer = await _quiet_logout(connection, timeout=max(within, 1.0))
         if answer is not None:
-            self._time2wait = float(answer.time2wait)
+            self._time2wait = _time2wait(answer.time2wait)
 
     async def _recover(self, lost: IscsiConnection) -> None:
         self.connection_lost(lost, lost.close_reason or "connection closed")

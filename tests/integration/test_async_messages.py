@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from pyiscsid.daemon import recovery
 from pyiscsid.daemon.recovery import SessionState
 from pyiscsid.daemon.session import Session
 from pyiscsid.protocol import scsi
@@ -196,6 +197,24 @@ async def test_target_drops_us_session_waits_parameter2_then_recovers(event: Asy
         assert target.logouts == 0  # dropped, not logged out
         isid = session.config.isid
         assert target.logins == [(isid, 0), (isid, 0)]
+        await run.finish()
+
+
+async def test_a_time2wait_beyond_its_range_is_cut_to_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Parameter2 is 16 bits: 65535 s (18 hours, which no kick shortens) is cut to the
+    key's range, here made 1 s so that the test sees it."""
+    monkeypatch.setattr(recovery, "MAX_TIME2WAIT", 1)
+    async with running() as run:
+        target, session = run.target, run.session
+        relogin = target.next_login()
+        sent = await target.send_async(
+            AsyncEvent.CONNECTION_DROP, parameter1=0, parameter2=65535, parameter3=0
+        )
+        second = await asyncio.wait_for(relogin, TIMEOUT)
+        await session.recovery.wait_for(SessionState.LOGGED_IN, timeout=TIMEOUT)
+        assert second.connected_at - sent >= 1.0 - TIMER_SLACK
         await run.finish()
 
 
