@@ -26,7 +26,6 @@ import grp
 import json
 import os
 import socket
-import stat
 import struct
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
@@ -35,7 +34,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
 import structlog
-from pyiscsid.daemon import settings
+from pyiscsid.daemon import settings, unixsocket
 from pyiscsid.daemon.driver import ConnectionLostError, LoginTimeoutError
 from pyiscsid.protocol.discovery import PortalFormatError
 from pyiscsid.protocol.errors import (
@@ -145,10 +144,6 @@ class Busy(ControlError):
 
 class LogoutFailed(ControlError):
     code = "logout_failed"
-
-
-class ControlSocketInUse(ISCSIError):
-    """Another process answers on the control socket: most likely a running pyiscsid."""
 
 
 class Logger(Protocol):
@@ -550,7 +545,7 @@ class ControlServer:
         self._write_timeout = write_timeout
         self._server: asyncio.AbstractServer | None = None
         self._path: Path | None = None
-        self._created: tuple[int, int] | None = None  # (st_dev, st_ino) of the file we bound
+        self._file: unixsocket.SocketFile | None = None  # the socket file we bound, if we did
         self._clients: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self._per_uid: dict[int, int] = {}
@@ -570,35 +565,18 @@ class ControlServer:
         """Create the socket at ``path`` (and its directory, 0755) and start serving.
 
         A socket file nobody listens on is left over from a daemon that died: it is
-        replaced. One that answers belongs to a running daemon: :class:`ControlSocketInUse`.
-        Anything at ``path`` that is not a socket is left alone and is an error too.
+        replaced. One that answers belongs to a running daemon: :class:`~.unixsocket.SocketInUse`.
+        Anything at ``path`` that is not a socket is left alone and is a
+        :class:`~.unixsocket.SocketPathError`.
         """
         path = Path(path)
-        if not path.parent.is_dir():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(path.parent, 0o755)  # not the umask's idea: clients must reach the socket
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock, self._file = unixsocket.bind(path, mode=mode, gid=self._control_gid())
+        self._path = path
         try:
-            try:
-                sock.bind(os.fspath(path))
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-                _remove_stale(path)
-                sock.bind(os.fspath(path))
-            st = os.stat(path)
-            self._created = (st.st_dev, st.st_ino)
-            self._path = path
-            # Before listen() nobody can connect, so the umask's mode is never usable.
-            os.chmod(path, mode)
-            gid = self._control_gid()
-            if gid is not None:
-                os.chown(path, -1, gid)
             await self._serve(sock)
         except BaseException:
             sock.close()
-            if self._created is not None:
-                self._remove_socket_file()
+            self._remove_socket_file()
             raise
         self._log.info("control.listening", path=str(path), mode=f"{mode:04o}")
 
@@ -638,15 +616,9 @@ class ControlServer:
         self._remove_socket_file()
 
     def _remove_socket_file(self) -> None:
-        if self._path is None or self._created is None:
-            return
-        try:
-            st = os.stat(self._path)
-            if (st.st_dev, st.st_ino) == self._created:
-                os.unlink(self._path)
-        except FileNotFoundError:
-            pass
-        self._created = None
+        if self._file is not None:
+            self._file.remove()
+            self._file = None
 
     # -- authorization
 
@@ -656,9 +628,9 @@ class ControlServer:
         self._control_group = group
         self._group_missing_logged = False
         gid = self._control_gid()
-        if gid is not None and self._created is not None and self._path is not None:
+        if gid is not None and self._file is not None:
             with contextlib.suppress(OSError):
-                os.chown(self._path, -1, gid)
+                os.chown(self._file.path, -1, gid)
 
     def _control_gid(self) -> int | None:
         """The control group's gid, looked up every time: the group may be created or
@@ -830,32 +802,6 @@ class ControlServer:
             raise _ClientGone from None
         except (ConnectionError, OSError):
             raise _ClientGone from None
-
-
-def _remove_stale(path: Path) -> None:
-    """Unlink ``path`` if it is a socket nobody listens on; raise if something answers."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise ControlSocketInUse(f"{path} exists and is not a socket; remove it or choose --socket")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.setblocking(False)
-    try:
-        probe.connect(os.fspath(path))
-    except ConnectionRefusedError:
-        os.unlink(path)  # left over from a daemon that is gone
-        return
-    except BlockingIOError:
-        pass  # a listener whose backlog is full: alive
-    except FileNotFoundError:
-        return
-    finally:
-        probe.close()
-    raise ControlSocketInUse(
-        f"another daemon is answering on {path}; stop it first or choose another --socket"
-    )
 
 
 def _encode(reply: dict[str, Any]) -> bytes:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import socket
-import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,13 @@ from .notify import Notifier, Watchdog, watchdog_interval
 from .rootdisk import spare_from_final_kill
 from .shutdown import ONBOOT, sessions_to_keep
 from .supervisor import VERSION, Supervisor
+from .unixsocket import SocketPathError
 
 DEFAULT_CONFIG = "/etc/pyiscsid/pyiscsid.conf"
 DEFAULT_INITIATOR_NAME = "/etc/pyiscsid/initiatorname.iscsi"
 DEFAULT_STATE_DIR = "/var/lib/pyiscsid"
 DEFAULT_NBD_SOCKET = "/run/pyiscsid/nbd.sock"
 STATUS_INTERVAL = 2.0  # seconds between checks of the STATUS= line
-SUN_PATH_MAX = 107  # bytes of a Unix socket path: sockaddr_un.sun_path[108] and its NUL
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -131,7 +131,6 @@ async def _serve(
     config = load_config(Path(args.config))
     logs.set_level(config.log_level)
     initiator_name = load_or_create_initiator_name(Path(args.initiator_name_file))
-    _check_directory(Path(args.state_dir), "--state-dir")
     nodedb = NodeDB(Path(args.state_dir), config.node_defaults)
     nodedb.open()
     try:
@@ -148,14 +147,11 @@ async def _serve(
         if handed is not None:
             await server.start_from_socket(handed)
         else:
-            _check_socket_path(args.socket, "--socket")
-            await server.start(args.socket)
+            with _named("--socket"):
+                await server.start(args.socket)
         try:
-            # After the control socket: a pyiscsid on the same control socket has said so
-            # by now, and one on another must not lose its NBD socket to us either.
-            _check_socket_path(args.nbd_socket, "--nbd-socket")
-            _check_not_answering(args.nbd_socket, "--nbd-socket")
-            await nbd.start_unix(args.nbd_socket)
+            with _named("--nbd-socket"):
+                await nbd.start_unix(args.nbd_socket)
             if args.nbd_listen is not None:
                 try:
                     await nbd.start_tcp(*args.nbd_listen)
@@ -267,64 +263,15 @@ class ListenError(ISCSIError):
     """``--nbd-listen`` names an address the daemon cannot listen on."""
 
 
-class PathError(ISCSIError):
-    """A path on the command line cannot serve: the message names the option, the path and
-    what is wrong, where the system call's own error ("File exists") would not."""
-
-
-def _check_directory(path: Path, option: str, given: str | None = None) -> None:
-    """``path`` is a directory, or can be made one: what exists of it is directories.
-    ``given`` is the option's value when ``path`` is only its folder (a socket's)."""
-    given = given or str(path)
-    for existing in (path, *path.parents):
-        try:
-            mode = os.stat(existing).st_mode
-        except OSError:  # not there (or below a file): look further up
-            continue
-        if not stat.S_ISDIR(mode):
-            what = "it" if str(existing) == given else str(existing)
-            raise PathError(f"{option} {given}: {what} exists and is not a directory")
-        return
-
-
-def _check_socket_path(path: str, option: str) -> None:
-    """A Unix socket can be bound at ``path``: short enough, in a directory, and not taking
-    the place of something that is not a socket (the NBD server would unlink it)."""
-    size = len(os.fsencode(path))
-    if size > SUN_PATH_MAX:
-        raise PathError(
-            f"{option} {path}: too long for a Unix socket ({size} bytes, at most "
-            f"{SUN_PATH_MAX}); choose a shorter path"
-        )
-    _check_directory(Path(path).parent, option, path)
+@contextlib.contextmanager
+def _named(option: str) -> Iterator[None]:
+    """A socket path that cannot serve is named by the option that gave it, and the
+    remedy points at that option."""
     try:
-        mode = os.lstat(path).st_mode
-    except OSError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise PathError(
-            f"{option} {path}: it exists and is not a socket; remove it or choose another path"
-        )
-
-
-def _check_not_answering(path: str, option: str) -> None:
-    """Nobody listens on the socket at ``path``: one that answers belongs to a live process
-    (another pyiscsid with its own control socket), and binding ours would unlink it. A
-    socket nobody answers on is left over from a daemon that died, and may be replaced."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.setblocking(False)
-        try:
-            probe.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            return
-        except BlockingIOError:
-            pass  # a listener whose backlog is full: alive
-        except OSError:
-            return  # not ours to judge (permissions...): the bind says what is wrong
-    raise PathError(
-        f"{option} {path}: another process is answering on it (a running pyiscsid?); "
-        f"stop it or choose another {option}"
-    )
+        yield
+    except SocketPathError as exc:
+        exc.option = option
+        raise
 
 
 def _listen_failure(address: tuple[str, int], exc: OSError) -> str:

@@ -27,6 +27,7 @@ import structlog
 from pyiscsid.protocol.errors import ISCSIError
 
 from . import nbd_protocol as wire
+from . import unixsocket
 from .batching import IterationBatch
 from .busypoll import BusyPoll
 from .byte_budget import ByteBudget
@@ -598,7 +599,7 @@ class NbdServer:
         self.busy_poll = busy_poll  # iscsid.busy_poll: also waits for a lone client's next request
         self._servers: list[asyncio.AbstractServer] = []
         self._clients: dict[asyncio.Task[None], _Client] = {}
-        self._paths: list[str] = []
+        self._files: list[unixsocket.SocketFile] = []  # the Unix sockets we bound
         self._left = asyncio.Event()  # set whenever a client has gone
         self.budget = ByteBudget(SERVER_BYTES_IN_FLIGHT)  # payload bytes, over all clients
         self._refused = 0  # connections refused since MAX_CLIENTS was reached
@@ -619,7 +620,7 @@ class NbdServer:
     @property
     def unix_path(self) -> str | None:
         """The Unix socket clients reach us on (``--nbd-socket``), once listening."""
-        return self._paths[0] if self._paths else None
+        return self._files[0].path if self._files else None
 
     def clients(self) -> list[NbdClientInfo]:
         """Every connected client, in the order they connected: the peer's pid and uid
@@ -662,16 +663,19 @@ class NbdServer:
                 self._refused = 0
 
     async def start_unix(self, path: str | os.PathLike[str], mode: int = 0o660) -> None:
-        """Listen on a Unix socket, replacing a stale one left by an earlier daemon (the
-        daemon starts this after its control socket proved that no other one is running)."""
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        server = await asyncio.start_unix_server(self._accept, path, limit=1 << 20)
-        os.chmod(path, mode)
+        """Listen on a Unix socket. A stale one left by a daemon that died is replaced; one
+        another process answers on (:class:`~.unixsocket.SocketInUse`) and anything that is
+        not a socket (:class:`~.unixsocket.SocketPathError`) are left alone."""
+        sock, made = unixsocket.bind(path, mode=mode)
+        try:
+            sock.setblocking(False)
+            server = await asyncio.start_unix_server(self._accept, sock=sock, limit=1 << 20)
+        except BaseException:
+            sock.close()
+            made.remove()
+            raise
         self._servers.append(server)
-        self._paths.append(path)
+        self._files.append(made)
 
     async def start_tcp(self, host: str = "127.0.0.1", port: int = 10809) -> int:
         """Listen on TCP; returns the port (useful with port 0). NBD has no authentication:
@@ -736,10 +740,9 @@ class NbdServer:
         for server in self._servers:
             await server.wait_closed()
         self._servers.clear()
-        for path in self._paths:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        self._paths.clear()
+        for made in self._files:
+            made.remove()  # unless a daemon started after us has put its own there
+        self._files.clear()
 
 
 def _is_loopback(host: str) -> bool:

@@ -39,6 +39,7 @@ from pyiscsid.protocol.keys import MAX_ISCSI_NAME_LENGTH, InvalidValue, check_is
 
 from . import settings
 from .keyvalue import KeyValueSyntaxError, parse_lines
+from .paths import not_a_directory
 from .settings import EMPTY, InvalidSetting, Scope
 
 __all__ = [
@@ -285,9 +286,9 @@ class NodeDB:
         with self._lock:
             if self._lock_fd is not None:
                 return
+            self._make_state_dir()
             path = self.state_dir / LOCK
             try:
-                self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             except OSError as exc:
                 raise NodeDBError(
@@ -308,6 +309,26 @@ class NodeDB:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             self._lock_fd = fd
+
+    def _make_state_dir(self) -> None:
+        """The state directory, created (0700) with its missing parents. What is in the way
+        is named: mkdir's own word for a file there ("File exists") reads as if the
+        directory were fine."""
+        state = self.state_dir
+        try:
+            state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            blocker = not_a_directory(state)
+            if blocker == state:
+                raise NodeDBError(
+                    f"the state directory {state} exists and is not a directory"
+                ) from None
+            reason = f"{blocker} exists and is not a directory" if blocker else exc.strerror
+            raise NodeDBError(f"cannot create the state directory {state}: {reason}") from None
+        except OSError as exc:
+            raise NodeDBError(
+                f"cannot create the state directory {state}: {exc.strerror or exc}"
+            ) from None
 
     def close(self) -> None:
         """Release the lock; the records stay on disk."""

@@ -27,7 +27,6 @@ from pyiscsid.daemon.control import (
     OPERATIONS,
     ControlError,
     ControlServer,
-    ControlSocketInUse,
     InvalidRequest,
     NoRecords,
     Peer,
@@ -36,6 +35,7 @@ from pyiscsid.daemon.control import (
     redact,
 )
 from pyiscsid.daemon.driver import ConnectionLostError, LoginTimeoutError
+from pyiscsid.daemon.unixsocket import SocketInUse, SocketPathError
 from pyiscsid.protocol.errors import (
     AuthenticationError,
     AuthenticationFailed,
@@ -888,7 +888,7 @@ async def test_live_socket_is_not_replaced(
 ) -> None:
     inode = sock_path.stat().st_ino
     second = ControlServer(handler, logger=log)
-    with pytest.raises(ControlSocketInUse, match="another daemon is answering on"):
+    with pytest.raises(SocketInUse, match="another process is answering on it"):
         await second.start(sock_path)
     assert sock_path.stat().st_ino == inode
     await second.close()  # harmless, and must not remove the first server's socket
@@ -901,7 +901,7 @@ async def test_a_file_that_is_not_a_socket_is_left_alone(
 ) -> None:
     sock_path.parent.mkdir()
     sock_path.write_text("precious")
-    with pytest.raises(ControlSocketInUse, match="not a socket"):
+    with pytest.raises(SocketPathError, match="it exists and is not a socket"):
         await ControlServer(handler, logger=log).start(sock_path)
     assert sock_path.read_text() == "precious"
 
@@ -942,6 +942,33 @@ async def test_socket_file_belongs_to_the_control_group(
         assert sock_path.stat().st_gid == grp.getgrnam("users").gr_gid
     finally:
         await srv.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another group needs root")
+async def test_a_reloaded_control_group_is_given_the_socket_file(
+    handler: Handler, log: CaptureLogger, sock_path: Path
+) -> None:
+    srv = ControlServer(handler, logger=log)
+    await srv.start(sock_path)
+    try:
+        srv.set_control_group("4242")  # numeric: no /etc/group entry needed
+        assert sock_path.stat().st_gid == 4242
+    finally:
+        await srv.close()
+
+
+async def test_a_socket_folder_that_is_a_file_is_named(
+    handler: Handler, log: CaptureLogger, tmp_path: Path
+) -> None:
+    (tmp_path / "run").write_text("")
+    path = tmp_path / "run" / "control.sock"
+    srv = ControlServer(handler, logger=log)
+    with pytest.raises(SocketPathError) as refused:
+        await srv.start(path)
+    assert str(refused.value) == f"{path}: {tmp_path / 'run'} exists and is not a directory"
+    assert srv.path is None
+    await srv.close()
+    assert (tmp_path / "run").read_text() == ""
 
 
 async def test_missing_control_group_allows_only_root(

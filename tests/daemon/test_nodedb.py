@@ -522,6 +522,37 @@ def test_second_open_fails_clearly(db: NodeDB, state: Path) -> None:
     other.close()
 
 
+def test_open_makes_the_state_dir_private(state: Path) -> None:
+    with NodeDB(state / "deeper"):
+        assert stat.S_IMODE((state / "deeper").stat().st_mode) == 0o700
+        assert (state / "deeper" / "lock").is_file()
+
+
+def test_a_state_dir_that_is_a_file_is_named(state: Path) -> None:
+    state.write_text("precious\n")
+    with pytest.raises(NodeDBError) as info:
+        NodeDB(state).open()
+    assert str(info.value) == f"the state directory {state} exists and is not a directory"
+    assert state.read_text() == "precious\n"
+
+
+def test_a_state_dir_below_a_file_names_the_file(state: Path) -> None:
+    state.write_text("")
+    below = state / "deeper" / "db"
+    with pytest.raises(NodeDBError) as info:
+        NodeDB(below).open()
+    assert str(info.value) == (
+        f"cannot create the state directory {below}: {state} exists and is not a directory"
+    )
+
+
+def test_a_state_dir_that_cannot_be_made_says_why(state: Path) -> None:
+    too_long = state / ("x" * 300)  # one name longer than any file system takes
+    with pytest.raises(NodeDBError) as info:
+        NodeDB(too_long).open()
+    assert str(info.value) == f"cannot create the state directory {too_long}: File name too long"
+
+
 def test_concurrent_updates_lose_nothing(db: NodeDB) -> None:
     db.new(DISK1, "127.0.0.1", 3260)
     db.new(DISK2, "127.0.0.1", 3260)

@@ -44,7 +44,7 @@ def test_a_state_dir_that_is_a_file_says_so(daemon: Daemon, tmp_path: Path) -> N
     state = tmp_path / "state"
     state.write_text("")
     done = start(daemon, state_dir=str(state))
-    assert last_line(done) == f"pyiscsid: --state-dir {state}: it exists and is not a directory"
+    assert last_line(done) == f"pyiscsid: the state directory {state} exists and is not a directory"
     assert state.read_text() == ""
 
 
@@ -103,6 +103,19 @@ def test_an_nbd_socket_another_process_answers_on_is_left_alone(
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         probe.connect(str(listener))
     assert not daemon.socket.exists()
+
+
+def test_a_control_socket_another_process_answers_on_is_left_alone(
+    daemon: Daemon, listener: Path
+) -> None:
+    inode = listener.stat().st_ino
+    done = start(daemon, socket=str(listener))
+    assert last_line(done) == (
+        f"pyiscsid: --socket {listener}: another process is answering on it "
+        "(a running pyiscsid?); stop it or choose another --socket"
+    )
+    assert listener.stat().st_ino == inode
+    assert not os.path.lexists(daemon.nbd_socket)  # it stopped before the NBD socket
 
 
 def test_a_file_at_the_nbd_socket_path_is_not_unlinked(daemon: Daemon, tmp_path: Path) -> None:
