@@ -3,11 +3,14 @@
 Admins copy lines from iscsid.conf, so the syntax is the same: ``key = value``, ``#``
 comments, blank lines. Anything the daemon cannot use stops it with the file, the line and
 the key, because a setting that is silently ignored (a mistyped password key) is worse than
-a daemon that refuses to start. A secret value never appears in an error.
+a daemon that refuses to start. A secret value never appears in an error, nor does a "key"
+that does not look like one (a password that lost its key: see keyvalue.looks_like_key).
 """
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +20,20 @@ from typing import ClassVar
 from pyiscsid.protocol.errors import ISCSIError
 
 from . import settings
-from .keyvalue import KeyValueSyntaxError, parse_lines
+from .keyvalue import KeyValueSyntaxError, looks_like_key, parse_lines
 from .settings import InvalidSetting, Scope
 
-__all__ = ["DEFAULT_CONFIG_PATH", "ConfigError", "DaemonConfig", "load_config"]
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "MAX_CONFIG_BYTES",
+    "ConfigError",
+    "DaemonConfig",
+    "load_config",
+    "read_config_text",
+]
 
 DEFAULT_CONFIG_PATH = Path("/etc/pyiscsid/pyiscsid.conf")
+MAX_CONFIG_BYTES = 1 << 20  # iscsid.conf is 15 KiB with every comment
 
 
 class ConfigError(ISCSIError):
@@ -77,16 +88,58 @@ class DaemonConfig:
     sysfs_path: Path = Path(settings.SETTINGS["rootdisk.sysfs_path"].default)
 
 
-def load_config(path: Path = DEFAULT_CONFIG_PATH) -> DaemonConfig:
-    """Read ``path``; a missing file means every default (a fresh install has none)."""
+def read_config_text(path: Path, limit: int = MAX_CONFIG_BYTES) -> str | None:
+    """The text of a small regular file, None when there is none; ConfigError otherwise.
+
+    Opened without blocking and checked before it is read: a FIFO would hang the start (or
+    the event loop, on SIGHUP) until someone writes to it, and a device or a huge file would
+    be read whole into memory.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except FileNotFoundError:
-        return DaemonConfig(path)
-    except UnicodeDecodeError as exc:
-        raise ConfigError(path, f"not UTF-8 text (byte {exc.start})") from None
+        return None
     except OSError as exc:
         raise ConfigError(path, f"cannot read it: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(path, f"not a regular file ({_file_kind(mode)})")
+        with open(fd, "rb", closefd=False) as file:
+            data = file.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(path, f"cannot read it: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        size = f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
+        raise ConfigError(path, f"larger than {size}: not a config file")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(path, f"not UTF-8 text (byte {exc.start})") from None
+
+
+def _file_kind(mode: int) -> str:
+    kinds = [
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ]
+    return next((name for test, name in kinds if test(mode)), "of an unknown kind")
+
+
+def load_config(path: Path = DEFAULT_CONFIG_PATH) -> DaemonConfig:
+    """Read ``path``; a missing file means every default (a fresh install has none)."""
+    text = read_config_text(path)
+    if text is None:
+        return DaemonConfig(path)
+    if text.startswith("\ufeff"):
+        raise ConfigError(
+            path, "starts with a byte order mark (U+FEFF): save it as UTF-8 without one", line=1
+        )
     values = _parse(path, text)
     by_scope: dict[Scope, dict[str, str]] = {scope: settings.defaults(scope) for scope in Scope}
     for key, value in values.items():
@@ -123,7 +176,9 @@ def _parse(path: Path, text: str) -> dict[str, str]:
                 reason = str(exc)
                 if key in settings.OPEN_ISCSI_UNUSED:
                     reason += ": remove the line"
-                raise ConfigError(path, reason, line=number, key=key) from None
+                shown = key if exc.key_shown else None
+                raise ConfigError(path, reason, line=number, key=shown) from None
     except KeyValueSyntaxError as exc:
-        raise ConfigError(path, str(exc), line=exc.line, key=exc.key) from None
+        shown = exc.key if exc.key is not None and looks_like_key(exc.key) else None
+        raise ConfigError(path, str(exc), line=exc.line, key=shown) from None
     return values

@@ -7,12 +7,31 @@ them), and a key given twice is an error rather than a silent override.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+
+# The shape of every setting's key, iscsid.conf's and ours: dotted words, each perhaps with an
+# index (``node.conn[0].iscsi.HeaderDigest``). The longest is 52 characters.
+_KEY = re.compile(
+    r"[A-Za-z][A-Za-z0-9_]*(\[[0-9]{1,3}\])?(\.[A-Za-z][A-Za-z0-9_]*(\[[0-9]{1,3}\])?)+"
+)
+MAX_SHOWN_KEY = 80
+
+
+def looks_like_key(key: str) -> bool:
+    """Whether ``key`` may be quoted in a message: it has a setting's shape.
+
+    Anything else (``S3cr3tPW`` from ``S3cr3tPW=abc``, base64 ending in ``=``, control
+    characters, a byte order mark, megabytes of text) may be a password that lost its key,
+    or garbage that would break a log line, and is not shown.
+    """
+    return len(key) <= MAX_SHOWN_KEY and _KEY.fullmatch(key) is not None
 
 
 class KeyValueSyntaxError(ValueError):
     """A line that is not ``key = value``. The line's text is never quoted: it may be a
-    password that lost its key."""
+    password that lost its key. ``key`` is the raw key, for the caller to look up, never to
+    print unless :func:`looks_like_key` says so."""
 
     def __init__(self, line: int, message: str, key: str | None = None) -> None:
         self.line = line
@@ -36,6 +55,7 @@ def parse_lines(text: str) -> Iterator[tuple[int, str, str]]:
         if not key:
             raise KeyValueSyntaxError(number, "expected 'key = value', found no key")
         if key in seen:
-            raise KeyValueSyntaxError(number, f"{key} is already set on line {seen[key]}", key)
+            shown = key if looks_like_key(key) else "a key (not shown)"
+            raise KeyValueSyntaxError(number, f"{shown} is already set on line {seen[key]}", key)
         seen[key] = number
         yield number, key, value

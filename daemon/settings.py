@@ -27,6 +27,8 @@ from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.errors import ISCSIError
 from pyiscsid.protocol.keys import InvalidValue, check_iscsi_name
 
+from .keyvalue import looks_like_key
+
 __all__ = [
     "DAEMON_KEYS",
     "DISCOVERY_KEYS",
@@ -69,7 +71,10 @@ class InvalidSetting(ISCSIError, ValueError):
     """A setting key or value that cannot be used; the message names the key.
 
     The value is shown only for known settings that are not secret, so that a mistyped
-    password key never puts the password in a log or a reply.
+    password key never puts the password in a log or a reply. The key is shown only when it
+    has a key's shape (:func:`keyvalue.looks_like_key`): a line ``S3cr3tPW=abc`` is a
+    password that lost its key, not a setting named S3cr3tPW, and ``key_shown`` is False.
+    ``key`` itself is kept for lookups; print it only when ``key_shown``.
     """
 
     control_code: ClassVar[str] = "invalid"
@@ -78,6 +83,11 @@ class InvalidSetting(ISCSIError, ValueError):
     def __init__(self, key: str, value: str | None, reason: str) -> None:
         self.key = key
         self.reason = reason
+        self.key_shown = looks_like_key(key)
+        if not self.key_shown:
+            self.value = None
+            super().__init__(f"{reason} (not shown)")
+            return
         shown = value is not None and key in SETTINGS and not SETTINGS[key].secret
         # A control character or line break would break a log line or a terminal; a lone
         # surrogate cannot be written at all.
@@ -438,6 +448,8 @@ def _setting(key: str, value: str | None = None) -> Setting:
         return spec
     if key in OPEN_ISCSI_UNUSED:
         raise InvalidSetting(key, value, "an open-iscsi setting that pyiscsid does not use")
+    if not looks_like_key(key):
+        raise InvalidSetting(key, value, "not a known setting")  # "... (not shown)"
     close = difflib.get_close_matches(key, SETTINGS, n=1)
     hint = f"; did you mean {close[0]}?" if close else ""
     raise InvalidSetting(key, value, f"unknown setting{hint}")

@@ -3,6 +3,8 @@ key, secrets kept out of messages, a name generated once and then kept."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import os
 import re
 import stat
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from pyiscsid.daemon import settings
-from pyiscsid.daemon.config import ConfigError, DaemonConfig, load_config
+from pyiscsid.daemon.config import MAX_CONFIG_BYTES, ConfigError, DaemonConfig, load_config
 from pyiscsid.daemon.identity import (
     GENERATED_NAME_PREFIX,
     load_or_create_initiator_name,
@@ -146,12 +148,57 @@ def test_secrets_never_in_errors(tmp_path: Path, line: str) -> None:
 def test_unreadable_file_is_an_error(tmp_path: Path) -> None:
     directory = tmp_path / "conf.d"
     directory.mkdir()
-    with pytest.raises(ConfigError, match=r"cannot read it"):
+    with pytest.raises(ConfigError) as info:
         load_config(directory)
+    assert str(info.value) == f"{directory}: not a regular file (a directory)"
     binary = write(tmp_path, "", "bin.conf")
     binary.write_bytes(b"node.startup = \xff\n")
     with pytest.raises(ConfigError, match=r"not UTF-8"):
         load_config(binary)
+
+
+def test_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    """Reading a FIFO waits for a writer: the daemon's start (or its event loop, on SIGHUP)
+    would hang. It is refused without being read; if the refusal fails, the test opens the
+    FIFO for writing itself, so that the read ends (no thread is left behind)."""
+    fifo = tmp_path / "fifo.conf"
+    os.mkfifo(fifo)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(load_config, fifo)
+        try:
+            with pytest.raises(ConfigError) as info:
+                loading.result(timeout=10)
+        finally:
+            with contextlib.suppress(OSError):  # ENXIO: nobody is reading it
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert str(info.value) == f"{fifo}: not a regular file (a FIFO)"
+
+
+def test_a_device_is_refused() -> None:
+    path = Path("/dev/null")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == "/dev/null: not a regular file (a character device)"
+
+
+def test_a_file_above_the_limit_is_refused_unread(tmp_path: Path) -> None:
+    line = "# " + "x" * 61 + "\n"  # 64 bytes
+    path = write(tmp_path, line * (MAX_CONFIG_BYTES // len(line)) + "node.startup = automatic\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}: larger than 1 MiB: not a config file"
+    at_limit = write(tmp_path, line * (MAX_CONFIG_BYTES // len(line) - 1) + "log.level = debug\n")
+    assert at_limit.stat().st_size <= MAX_CONFIG_BYTES
+    assert load_config(at_limit).log_level == "debug"
+
+
+def test_a_byte_order_mark_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "\ufeffnode.startup = automatic\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}:1: starts with a byte order mark (U+FEFF): save it as UTF-8 without one"
+    )
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 from pyiscsid.daemon import settings
+from pyiscsid.daemon.config import ConfigError, load_config
 from pyiscsid.daemon.control import InvalidRequest, _encode, parse_request
-from pyiscsid.daemon.keyvalue import parse_lines
+from pyiscsid.daemon.keyvalue import KeyValueSyntaxError, parse_lines
 from pyiscsid.daemon.nodedb import NodeDB
 from pyiscsid.daemon.settings import InvalidSetting
 
@@ -130,6 +131,59 @@ def test_surrogates_never_reach_the_file(db: NodeDB) -> None:
     assert node.settings[PASSWORD] == ""
 
 
+# -- the config file: "keys" that are not keys ------------------------------------------------
+
+SECRET = "S3cr3tPW"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"{SECRET}=abc",  # a password with an '=' in it, pasted without its key
+        "c2VjcmV0UGFzc3dvcmQ=",  # base64 ends in '='
+        f"{SECRET} = node.startup",
+        "node.start\x00up = automatic",
+        "\x1b[31mnode.startup = automatic",
+        "node.start\ufeffup = automatic",
+        "node.start\u2028up = automatic",
+        "export node.startup = automatic",
+        "k" * 100_000 + " = 1",
+        "node." + "k" * 80 + " = 1",
+    ],
+)
+def test_a_key_without_a_setting_shape_is_not_quoted(tmp_path: Path, line: str) -> None:
+    key = line.partition("=")[0].strip()
+    path = tmp_path / "pyiscsid.conf"
+    path.write_text(f"# a comment\n{line}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"{path}:2: not a known setting (not shown)"
+    assert info.value.key is None
+    assert key not in str(info.value)
+
+
+def test_a_key_with_a_setting_shape_is_named_with_a_hint() -> None:
+    with pytest.raises(InvalidSetting) as info:
+        settings.validate("node.session.auth.pasword", SECRET)
+    assert str(info.value) == (
+        "node.session.auth.pasword: unknown setting; did you mean node.session.auth.password?"
+    )
+    assert info.value.key_shown
+    with pytest.raises(InvalidSetting) as info:
+        settings.validate(SECRET, "abc")
+    assert str(info.value) == "not a known setting (not shown)"
+    assert not info.value.key_shown and info.value.value is None
+
+
+def test_a_repeated_key_without_a_setting_shape_is_not_quoted() -> None:
+    with pytest.raises(KeyValueSyntaxError) as info:
+        list(parse_lines(f"{SECRET}=a\n{SECRET}=b\n"))
+    assert str(info.value) == "a key (not shown) is already set on line 1"
+    assert info.value.line == 2
+    with pytest.raises(KeyValueSyntaxError, match=r"^node.startup is already set on line 1$"):
+        list(parse_lines("node.startup = manual\nnode.startup = automatic\n"))
+
+
 # -- the control API -----------------------------------------------------------------------
 
 
@@ -192,6 +246,14 @@ def test_daemon_refuses_line_breaks_and_the_node_survives_a_restart(daemon: Daem
     assert [n["target"] for n in daemon.request("node.list")["result"]["nodes"]] == [TARGET]
     assert daemon.request("status")["result"]["problems"] == []
     assert "Tail" not in daemon.log()
+
+
+def test_daemon_does_not_quote_a_key_without_a_setting_shape(daemon: Daemon) -> None:
+    assert daemon.request("node.new", {"target": TARGET, "portal": "127.0.0.1:3260"})["ok"]
+    reply = daemon.request("node.update", {"key": SECRET, "value": "x"})
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "invalid"
+    assert reply["error"]["message"] == "not a known setting (not shown)"
 
 
 def test_daemon_answers_lone_surrogates_as_invalid(daemon: Daemon) -> None:
