@@ -36,6 +36,7 @@ from typing import Any, NamedTuple, Protocol
 import structlog
 from pyiscsid.daemon import settings, unixsocket
 from pyiscsid.daemon.driver import ConnectionLostError, LoginTimeoutError
+from pyiscsid.daemon.keyvalue import looks_like_key
 from pyiscsid.protocol.discovery import PortalFormatError
 from pyiscsid.protocol.errors import (
     AuthenticationError,
@@ -420,7 +421,8 @@ def _is_secret_name(name: str) -> bool:
 
 def redact(args: Mapping[str, Any]) -> dict[str, Any]:
     """``args`` fit for a log line: secret-named arguments and the value of a secret key
-    (``node.update`` with ``key`` ``node.session.auth.password``) become ``********``."""
+    (``node.update`` with ``key`` ``node.session.auth.password``) become ``********``, and
+    a key that does not look like a setting name is not shown."""
     key = args.get("key")
     # A value is shown only for a known setting that is not a secret: a misspelled key
     # ("node.session.auth.passwrd") may well carry a password.
@@ -430,6 +432,8 @@ def redact(args: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in args.items():
         if _is_secret_name(name) or (secret_value and name == "value"):
             out[name] = REDACTED
+        elif name == "key" and isinstance(value, str) and not looks_like_key(value):
+            out[name] = "(not shown)"  # not a setting's shape: a password pasted as a key
         elif isinstance(value, Mapping):
             out[name] = redact(value)
         else:

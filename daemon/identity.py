@@ -9,6 +9,7 @@ quietly lock the host out of every target that knew the old one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from pyiscsid.protocol.keys import InvalidValue, check_iscsi_name
 
-from .config import ConfigError
+from .config import ConfigError, read_config_text
 
 __all__ = [
     "DEFAULT_INITIATOR_NAME_PATH",
@@ -49,14 +50,9 @@ def read_initiator_name(path: Path) -> str:
 
     Comments (``#``), blank lines and open-iscsi's ``InitiatorAlias=`` line are allowed.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise
-    except UnicodeDecodeError as exc:
-        raise ConfigError(path, f"not UTF-8 text (byte {exc.start})") from None
-    except OSError as exc:
-        raise ConfigError(path, f"cannot read it: {exc.strerror or exc}") from None
+    text = read_config_text(path)  # a FIFO or a huge file is refused, not read
+    if text is None:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
     name: str | None = None
     name_line = 0
     for number, raw in enumerate(text.splitlines(), start=1):

@@ -8,6 +8,7 @@ import contextlib
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -157,14 +158,15 @@ def test_unreadable_file_is_an_error(tmp_path: Path) -> None:
         load_config(binary)
 
 
-def test_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("read", [load_config, read_initiator_name], ids=["config", "name"])
+def test_a_fifo_is_refused_at_once(tmp_path: Path, read: Callable[[Path], object]) -> None:
     """Reading a FIFO waits for a writer: the daemon's start (or its event loop, on SIGHUP)
     would hang. It is refused without being read; if the refusal fails, the test opens the
     FIFO for writing itself, so that the read ends (no thread is left behind)."""
     fifo = tmp_path / "fifo.conf"
     os.mkfifo(fifo)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        loading = pool.submit(load_config, fifo)
+        loading = pool.submit(read, fifo)
         try:
             with pytest.raises(ConfigError) as info:
                 loading.result(timeout=10)

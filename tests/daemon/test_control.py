@@ -696,6 +696,8 @@ def test_redact() -> None:
         "target": "t",
     }
     assert redact({"key": "node.session.auth.username", "value": "bob"})["value"] == "bob"
+    # A password pasted where the key goes: neither is shown.
+    assert redact({"key": "S3cr3tPW", "value": "x"}) == {"key": "(not shown)", "value": "********"}
     assert redact({"chap": {"Secret": "x", "user": "u"}}) == {
         "chap": {"Secret": "********", "user": "u"}
     }
