@@ -2,11 +2,18 @@
 NOP-Out timeout to notice that their interface went away, nor for their backoff to notice
 that it came back.
 
-The netlink socket is a plain ``AF_NETLINK`` socket read with ``loop.add_reader``; pyroute2
-only encodes the dump requests and decodes the messages. pyroute2's own ``AsyncIPRoute``
-(0.9) is not used: it opens the socket through ``create_datagram_endpoint``, which uvloop,
-the daemon's loop, refuses for ``AF_NETLINK`` ("cannot open a UDP handle, invalid family
-16").
+The netlink socket is a plain ``AF_NETLINK`` socket read with ``loop.add_reader``. The few
+messages it carries are encoded and decoded here with ``struct`` (``rtnetlink(7)``): pyroute2
+decodes every attribute of a message, 140 µs for one RTM_NEWLINK, which an event storm (a
+host starting a few hundred containers) turns into seconds of CPU; the fields used here cost
+a few µs. (pyroute2's ``AsyncIPRoute`` was never an option: it opens the socket through
+``create_datagram_endpoint``, which uvloop, the daemon's loop, refuses for ``AF_NETLINK``.)
+
+The watch never holds the loop for long: one readiness callback reads at most
+:data:`READ_BUDGET` datagrams, and the loop calls it again while more are queued. When the
+kernel drops events (ENOBUFS: a storm outran the receive buffer) the watch dumps every link
+and address again, as often as it takes: an overflow is a passing condition, not a reason to
+stop watching.
 
 Netlink can be missing (some sandboxes) or forbidden (seccomp, LSM policy); then
 :meth:`LinkWatch.start` says so once and returns False, and sessions rely on NOP-Out pings.
@@ -19,27 +26,51 @@ import contextlib
 import ctypes
 import errno
 import ipaddress
+import os
 import socket
+import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE, NLMSG_ERROR
-from pyroute2.netlink.rtnl import (
-    RTM_DELADDR,
-    RTM_DELLINK,
-    RTM_GETADDR,
-    RTM_GETLINK,
-    RTM_NEWADDR,
-    RTM_NEWLINK,
-    RTMGRP_IPV4_IFADDR,
-    RTMGRP_IPV6_IFADDR,
-    RTMGRP_LINK,
-)
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+# -- rtnetlink(7), linux/netlink.h, linux/rtnetlink.h ------------------------------------------
+
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+RTM_NEWLINK = 16
+RTM_DELLINK = 17
+RTM_GETLINK = 18
+RTM_NEWADDR = 20
+RTM_DELADDR = 21
+RTM_GETADDR = 22
+RTM_NEWROUTE = 24
+RTM_GETROUTE = 26
+NLM_F_REQUEST = 0x1
+NLM_F_DUMP_INTR = 0x10  # the kernel's tables changed during this dump: it may be inconsistent
+NLM_F_DUMP = 0x300
+RTMGRP_LINK = 0x1
+RTMGRP_IPV4_IFADDR = 0x10
+RTMGRP_IPV6_IFADDR = 0x100
+IFLA_IFNAME = 3
+IFA_ADDRESS = 1
+IFA_LOCAL = 2
+IFA_FLAGS = 8
+RTA_DST = 1
+RTA_OIF = 4
+RTN_UNICAST = 1
+RTN_LOCAL = 2
+NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
+AF_UNSPEC = 0  # a link message of any other family (AF_BRIDGE...) is about a role, not the link
+
+_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence number, port id
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
+_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol,
+#                                       scope, type, flags
+_RTATTR = struct.Struct("=HH")  # length, type
+_U32 = struct.Struct("=I")
+_S32 = struct.Struct("=i")
 
 # Interface flags (linux/if.h): a link carries traffic when it is up (administratively),
 # running (operationally up, RFC 2863) and has a carrier.
@@ -56,45 +87,271 @@ GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
 SO_RCVBUFFORCE = 33  # asm-generic/socket.h; the socket module lacks it
 RCVBUF = 1 << 20  # a burst of events (many interfaces flapping) must not overflow it
 RECV_SIZE = 1 << 16  # larger than any one netlink datagram the kernel sends
+READ_BUDGET = 16  # datagrams read per readiness callback: a few ms at most, then the loop
 DUMP_TIMEOUT = 5.0  # seconds: the kernel answers a dump in milliseconds
-DUMP_ATTEMPTS = 3  # a dump overrun by a burst of events (ENOBUFS) is tried again
+ROUTE_TIMEOUT = 1.0  # seconds for the answer to a route lookup (the kernel's is immediate)
+RETRY_FIRST = 0.1  # seconds before dumping again after a dump that lost events...
+RETRY_MAX = 3.0  # ...doubling up to this, for as long as the storm lasts
+# A dump that fails with these is tried again: events were lost (ENOBUFS), the kernel's
+# tables changed meanwhile (EINTR, from NLM_F_DUMP_INTR), or an earlier dump of ours is
+# still running (EBUSY: one that timed out, or that a storm slowed down).
+_TRANSIENT = frozenset({errno.ENOBUFS, errno.EBUSY, errno.EINTR, errno.EAGAIN})
+# What the kernel answers a route lookup when there is no route to use: none (ENETUNREACH),
+# or an ``unreachable``, ``prohibit`` or ``blackhole`` route.
+_NO_ROUTE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES, errno.EINVAL})
 CLONE_NEWNET = 0x40000000
 NETNS_DIR = "/run/netns"
 
+
+@dataclass(frozen=True, slots=True)
+class InterfaceUp:
+    """An interface started carrying traffic, or gained a usable address (an IPv4 address
+    added, an IPv6 address past duplicate address detection): reported once per interface
+    for all the messages read together, not once per message.
+
+    ``addresses`` are its usable addresses now. A session waiting to reconnect gains from
+    this only if its route goes through ``index``: see :meth:`LinkWatch.routes_via`.
+    """
+
+    index: int
+    name: str | None
+    addresses: frozenset[str]
+
+
 OnAddressLost = Callable[[str], None]
 OnLinkUp = Callable[[], None]
+OnInterfaceUp = Callable[[InterfaceUp], None]
+
+
+# -- messages --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    type: int
+    flags: int
+    sequence: int
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class _LinkInfo:
+    """RTM_NEWLINK or RTM_DELLINK (struct ifinfomsg)."""
+
+    family: int
+    index: int
+    usable: bool
+    name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _AddressInfo:
+    """RTM_NEWADDR or RTM_DELADDR (struct ifaddrmsg); ``address`` in ``getsockname()``'s form."""
+
+    index: int
+    address: str | None
+    usable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _RouteInfo:
+    """RTM_NEWROUTE, the answer to RTM_GETROUTE (struct rtmsg)."""
+
+    type: int
+    oif: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Status:
+    """NLMSG_ERROR or NLMSG_DONE: 0, or the errno the kernel answered."""
+
+    error: int
+
+
+_Body = _LinkInfo | _AddressInfo | _RouteInfo | _Status
+
+
+def _attributes(data: bytes, offset: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """(type, payload) of each route attribute (struct rtattr) from ``offset`` to ``end``."""
+    while offset + _RTATTR.size <= end:
+        length, kind = _RTATTR.unpack_from(data, offset)
+        if length < _RTATTR.size or offset + length > end:
+            return
+        yield kind & NLA_TYPE_MASK, data[offset + _RTATTR.size : offset + length]
+        offset += (length + 3) & ~3
+
+
+def _ip(raw: bytes | None) -> str | None:
+    if raw is None or len(raw) not in (4, 16):
+        return None
+    return str(ipaddress.ip_address(raw))
+
+
+def _body(kind: int, data: bytes, offset: int, end: int) -> _Body | None:
+    size = end - offset
+    if kind in (RTM_NEWLINK, RTM_DELLINK) and size >= _IFINFOMSG.size:
+        family, _, index, flags, _ = _IFINFOMSG.unpack_from(data, offset)
+        name = None
+        for attribute, payload in _attributes(data, offset + _IFINFOMSG.size, end):
+            if attribute == IFLA_IFNAME:
+                name = payload.split(b"\0", 1)[0].decode("utf-8", "replace")
+        return _LinkInfo(family, index, flags & _USABLE == _USABLE, name)
+    if kind in (RTM_NEWADDR, RTM_DELADDR) and size >= _IFADDRMSG.size:
+        _, _, address_flags, _, index = _IFADDRMSG.unpack_from(data, offset)
+        values: dict[int, bytes] = {}
+        for attribute, payload in _attributes(data, offset + _IFADDRMSG.size, end):
+            values[attribute] = payload
+        if IFA_FLAGS in values and len(values[IFA_FLAGS]) == _U32.size:
+            (address_flags,) = _U32.unpack(values[IFA_FLAGS])
+        # On a point-to-point link IFA_ADDRESS is the peer and IFA_LOCAL is ours; on others
+        # IPv4 sends both (equal) and IPv6 only IFA_ADDRESS.
+        address = _ip(values.get(IFA_LOCAL) or values.get(IFA_ADDRESS))
+        usable = not address_flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)
+        return _AddressInfo(index, address, usable)
+    if kind == RTM_NEWROUTE and size >= _RTMSG.size:
+        route_type = _RTMSG.unpack_from(data, offset)[7]
+        oif = None
+        for attribute, payload in _attributes(data, offset + _RTMSG.size, end):
+            if attribute == RTA_OIF and len(payload) == _U32.size:
+                (oif,) = _U32.unpack(payload)
+        return _RouteInfo(route_type, oif)
+    if kind in (NLMSG_ERROR, NLMSG_DONE):
+        code = _S32.unpack_from(data, offset)[0] if size >= _S32.size else 0
+        return _Status(abs(code))
+    return None
+
+
+def _decode(data: bytes) -> Iterator[tuple[_Header, _Body | None]]:
+    """Each message of one netlink datagram; a truncated one ends it."""
+    offset = 0
+    while offset + _NLMSGHDR.size <= len(data):
+        length, kind, flags, sequence, port = _NLMSGHDR.unpack_from(data, offset)
+        if length < _NLMSGHDR.size or offset + length > len(data):
+            return
+        body = _body(kind, data, offset + _NLMSGHDR.size, offset + length)
+        yield _Header(kind, flags, sequence, port), body
+        offset += (length + 3) & ~3
+
+
+def _encode(kind: int, flags: int, sequence: int, port: int, body: bytes) -> bytes:
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, sequence, port) + body
+
+
+# -- what is known of the links --------------------------------------------------------------
 
 
 @dataclass
 class _Link:
-    """What we know of one interface: whether it carries traffic, and its addresses."""
+    """One interface: whether it carries traffic (None: no news of it yet), its name, and
+    its addresses (address -> usable, i.e. not tentative)."""
 
-    usable: bool = False
-    addresses: dict[str, bool] = field(default_factory=dict)  # address -> usable (not tentative)
-
-
-def _address(msg: Any) -> str | None:
-    """The local address of an ifaddrmsg, in the form ``getsockname()`` gives."""
-    # On a point-to-point link IFA_ADDRESS is the peer and IFA_LOCAL is ours; on others
-    # IPv4 sends both (equal) and IPv6 only IFA_ADDRESS.
-    raw = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-    if not raw:
-        return None
-    try:
-        return str(ipaddress.ip_address(raw))
-    except ValueError:
-        return None
+    usable: bool | None = None
+    name: str | None = None
+    addresses: dict[str, bool] = field(default_factory=dict)
 
 
-def _address_usable(msg: Any) -> bool:
-    flags = msg.get_attr("IFA_FLAGS")
-    if flags is None:
-        flags = msg["flags"]
-    return not flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)
+@dataclass
+class _Changes:
+    lost: list[str] = field(default_factory=list)  # addresses, in the order they went
+    up: list[int] = field(default_factory=list)  # interfaces that came up
 
 
-def _link_usable(msg: Any) -> bool:
-    return bool(msg["flags"] & _USABLE == _USABLE)
+class _Table:
+    """Links and addresses, kept by applying the kernel's messages in order. Applying
+    is idempotent, so a dump plus the events that arrived while it ran (even some from
+    before it) gives the kernel's present state."""
+
+    def __init__(self) -> None:
+        self.links: dict[int, _Link] = {}
+
+    @classmethod
+    def of(cls, messages: list[tuple[int, _Body | None]]) -> _Table:
+        table = cls()
+        for kind, body in messages:
+            table.apply(kind, body)
+        return table
+
+    def apply(self, kind: int, body: _Body | None) -> _Changes:
+        changes = _Changes()
+        if isinstance(body, _LinkInfo) and body.family == AF_UNSPEC:
+            if kind == RTM_NEWLINK:
+                self._link_changed(body, changes)
+            elif kind == RTM_DELLINK:
+                gone = self.links.pop(body.index, None)
+                if gone is not None and gone.usable is not False:
+                    changes.lost.extend(gone.addresses)
+        elif isinstance(body, _AddressInfo) and body.address is not None:
+            if kind == RTM_NEWADDR:
+                link = self.links.setdefault(body.index, _Link())
+                was = link.addresses.get(body.address)
+                link.addresses[body.address] = body.usable
+                # New, or DAD has just passed; not a mere lifetime refresh.
+                if body.usable and not was and link.usable is not False:
+                    changes.up.append(body.index)
+            elif kind == RTM_DELADDR:
+                if (holder := self.links.get(body.index)) is not None:
+                    holder.addresses.pop(body.address, None)
+                # Also when its link is already down and it was reported then (IPv6 drops
+                # addresses after the link): a second report costs nothing, a missed one a
+                # NOP timeout.
+                changes.lost.append(body.address)
+        return changes
+
+    def _link_changed(self, body: _LinkInfo, changes: _Changes) -> None:
+        link = self.links.setdefault(body.index, _Link())
+        link.name = body.name or link.name
+        was, link.usable = link.usable, body.usable
+        if was and not body.usable:
+            changes.lost.extend(link.addresses)
+        elif body.usable and not was:
+            changes.up.append(body.index)
+
+    def usable_addresses(self, index: int) -> frozenset[str]:
+        link = self.links.get(index)
+        if link is None:
+            return frozenset()
+        return frozenset(address for address, usable in link.addresses.items() if usable)
+
+    def index_named(self, name: str) -> int | None:
+        return next((i for i, link in self.links.items() if link.name == name), None)
+
+
+def _differences(old: _Table, new: _Table) -> _Changes:
+    """What changed from ``old`` to ``new``: the news that the lost events would have
+    brought (addresses lost, interfaces up)."""
+    changes = _Changes()
+    for index, was in old.links.items():
+        now = new.links.get(index)
+        for address, was_usable in was.addresses.items():
+            gone = now is None or now.usable is False or address not in now.addresses
+            if was.usable is not False and was_usable and gone:
+                changes.lost.append(address)
+    for index, link in new.links.items():
+        before = old.links.get(index)
+        if not link.usable:
+            continue
+        if (
+            before is None
+            or not before.usable
+            or any(
+                usable and not before.addresses.get(address, False)
+                for address, usable in link.addresses.items()
+            )
+        ):
+            changes.up.append(index)
+    return changes
+
+
+# -- the socket ------------------------------------------------------------------------------
+
+
+def _transient(exc: BaseException) -> bool:
+    """A failed dump worth trying again (after a while): see _TRANSIENT."""
+    return isinstance(exc, TimeoutError) or (isinstance(exc, OSError) and exc.errno in _TRANSIENT)
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _netlink_socket() -> socket.socket:
@@ -145,35 +402,73 @@ def _netlink_socket_in(netns: str) -> socket.socket:
     return outcome
 
 
+@dataclass
+class _Request:
+    """One request of ours in flight, answered by the messages carrying its sequence number."""
+
+    done: asyncio.Future[list[tuple[int, _Body | None]]]
+    dump: bool
+    parts: list[tuple[int, _Body | None]] = field(default_factory=list)
+    interrupted: bool = False
+
+    def receive(self, header: _Header, body: _Body | None) -> None:
+        if self.done.done():
+            return
+        if header.flags & NLM_F_DUMP_INTR:
+            self.interrupted = True
+        if header.type in (NLMSG_ERROR, NLMSG_DONE):
+            code = body.error if isinstance(body, _Status) else errno.EIO
+            if code:
+                self.done.set_exception(OSError(code, os.strerror(code)))
+            elif self.interrupted:
+                self.done.set_exception(
+                    OSError(errno.EINTR, "the kernel's tables changed during the dump")
+                )
+            else:
+                self.done.set_result(self.parts)
+            return
+        self.parts.append((header.type, body))
+        if not self.dump:
+            self.done.set_result(self.parts)
+
+
 class LinkWatch:
-    """Kernel news about links and addresses, turned into two calls for the supervisor.
+    """Kernel news about links and addresses, turned into calls for the supervisor.
 
     ``on_address_lost(ip)``: an address went away, or the link that carries it stopped
     carrying traffic (down, no carrier, deleted); connections from ``ip`` are dead even if
-    TCP does not know it yet. ``on_link_up()``: a link came back, or an address was added;
-    sessions waiting to reconnect should try now. Both are called on the event loop and must
-    not block. ``netns`` watches a named network namespace instead of our own.
+    TCP does not know it yet. ``on_interface_up(InterfaceUp)``: an interface came up, or
+    gained a usable address; sessions waiting to reconnect through it should try now.
+    ``on_link_up()``: the same news without saying which interface (once for all the
+    interfaces reported together). All are called on the event loop and must not block.
+    ``netns`` watches a named network namespace instead of our own.
     """
 
     def __init__(
         self,
         *,
         on_address_lost: OnAddressLost,
-        on_link_up: OnLinkUp,
+        on_link_up: OnLinkUp | None = None,
+        on_interface_up: OnInterfaceUp | None = None,
         log: Any,
         netns: str | None = None,
     ) -> None:
         self._on_address_lost = on_address_lost
         self._on_link_up = on_link_up
+        self._on_interface_up = on_interface_up
         self.log = log
         self.netns = netns
         self._sock: socket.socket | None = None
-        self._portid = 0
-        self._marshal = MarshalRtnl()
-        self._links: dict[int, _Link] = {}
+        self._port = 0
+        self._table = _Table()
+        self._baseline = False  # the table has come from a complete dump
         self._sequence = 0
-        self._dump: tuple[int, asyncio.Future[list[Any]], list[Any]] | None = None
-        self._resync: asyncio.Task[None] | None = None
+        self._requests: dict[int, _Request] = {}
+        self._replay: list[tuple[int, _Body | None]] | None = None  # events during a dump
+        self._overflows = 0  # ENOBUFS seen: a dump during which this grows is incomplete
+        self._sync: asyncio.Task[None] | None = None
+        self._in_sync = asyncio.Event()
+        self._came_up: dict[int, None] = {}  # interfaces to report up, in order
         self._started = False  # start() succeeded: later failures are news of their own
 
     @property
@@ -183,7 +478,12 @@ class LinkWatch:
 
     def addresses(self) -> dict[int, frozenset[str]]:
         """{ifindex: addresses} as currently known (for status output and tests)."""
-        return {index: frozenset(link.addresses) for index, link in self._links.items()}
+        return {index: frozenset(link.addresses) for index, link in self._table.links.items()}
+
+    async def synchronised(self) -> None:
+        """Until what is known matches the kernel: after start(), and again after events
+        were lost (that dump is retried as long as it takes)."""
+        await self._in_sync.wait()
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -191,6 +491,8 @@ class LinkWatch:
         """Subscribe to link and address events and learn the current addresses.
 
         False (after one warning) when netlink cannot be used: the daemon goes on without.
+        A storm of events that spoils the first dump does not count: the watch follows
+        events at once and dumps again until a dump is complete.
         """
         try:
             if self.netns is None:
@@ -198,22 +500,32 @@ class LinkWatch:
             else:
                 sock = await asyncio.to_thread(_netlink_socket_in, self.netns)
             self._sock = sock
-            self._portid = sock.getsockname()[0]
+            self._port = sock.getsockname()[0]
             asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
-            self._links = self._snapshot(await self._dump_all())
+            fresh = await self._dump_all()
         except (OSError, TimeoutError) as exc:
-            self._unavailable(exc)
-            return False
+            # No answer at all (TimeoutError) is not a storm: something filters netlink.
+            if self._sock is None or isinstance(exc, TimeoutError) or not _transient(exc):
+                self._unavailable(exc)
+                return False
+            self._started = True
+            self.log.warning(
+                f"link events overflowed at start ({_reason(exc)}): dumping links again",
+                ISCSI_EVENT="linkwatch",
+            )
+            self._sync = asyncio.get_running_loop().create_task(self._synchronise(RETRY_FIRST))
+            return True
         self._started = True
+        self._adopt(fresh)
         return True
 
     async def close(self) -> None:
         """Stop following events (idempotent)."""
         self._started = False
-        resync, self._resync = self._resync, None
-        if resync is not None and resync is not asyncio.current_task():
-            resync.cancel()
-            await asyncio.gather(resync, return_exceptions=True)
+        sync, self._sync = self._sync, None
+        if sync is not None and sync is not asyncio.current_task():
+            sync.cancel()
+            await asyncio.gather(sync, return_exceptions=True)
         self._close_socket()
 
     def _close_socket(self) -> None:
@@ -222,107 +534,163 @@ class LinkWatch:
             with contextlib.suppress(RuntimeError):  # the loop may be closing
                 asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
-        dump, self._dump = self._dump, None
-        if dump is not None and not dump[1].done():
-            dump[1].set_exception(OSError(errno.ECONNABORTED, "link watch closed"))
+        requests, self._requests = self._requests, {}
+        for request in requests.values():
+            if not request.done.done():
+                request.done.set_exception(OSError(errno.ECONNABORTED, "link watch closed"))
 
     def _unavailable(self, exc: BaseException) -> None:
         self._close_socket()
-        reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         self.log.warning(
-            f"link events unavailable ({reason}): relying on NOP-Out pings",
+            f"link events unavailable ({_reason(exc)}): relying on NOP-Out pings",
             ISCSI_EVENT="linkwatch_unavailable",
         )
 
-    # ---------------------------------------------------------------- dumps
+    def _stopped(self, exc: BaseException) -> None:
+        if not self._started:  # start() is still waiting for its dump: it will say why
+            self._close_socket()
+            return
+        self._started = False
+        self.log.warning(
+            f"link events stopped ({_reason(exc)}): relying on NOP-Out pings",
+            ISCSI_EVENT="linkwatch_unavailable",
+        )
+        self._close_socket()
 
-    async def _dump_all(self) -> list[Any]:
-        """Every link, then every address (one dump at a time: the kernel allows no more)."""
-        for attempt in range(1, DUMP_ATTEMPTS + 1):
-            try:
-                links = await self._request_dump(ifinfmsg, RTM_GETLINK)
-                return links + await self._request_dump(ifaddrmsg, RTM_GETADDR)
-            except OSError as exc:
-                if exc.errno != errno.ENOBUFS or attempt == DUMP_ATTEMPTS:
-                    raise
-        raise AssertionError("unreachable")
+    # ---------------------------------------------------------------- requests
 
-    async def _request_dump(self, message_class: Any, message_type: int) -> list[Any]:
+    async def _ask(
+        self, kind: int, flags: int, body: bytes, *, dump: bool, timeout: float
+    ) -> list[tuple[int, _Body | None]]:
         sock = self._sock
         if sock is None:
             raise OSError(errno.ECONNABORTED, "link watch closed")
-        self._sequence += 1
-        request = message_class()
-        request["header"]["type"] = message_type
-        request["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
-        request["header"]["sequence_number"] = self._sequence
-        request["header"]["pid"] = self._portid
-        request.encode()
-        done: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._dump = (self._sequence, done, [])
-        sock.send(request.data)  # a small datagram to the kernel: never blocks
+        self._sequence = self._sequence % 0xFFFFFFFF + 1
+        sequence = self._sequence
+        request = _Request(asyncio.get_running_loop().create_future(), dump)
+        self._requests[sequence] = request
         try:
-            async with asyncio.timeout(DUMP_TIMEOUT):
-                return await done
+            # A small datagram to the kernel, which answers it in the call: never blocks.
+            sock.send(_encode(kind, NLM_F_REQUEST | flags, sequence, self._port, body))
+            async with asyncio.timeout(timeout):
+                return await request.done
         finally:
-            self._dump = None
+            self._requests.pop(sequence, None)
 
-    @staticmethod
-    def _snapshot(messages: list[Any]) -> dict[int, _Link]:
-        links: dict[int, _Link] = {}
-        for msg in messages:
-            link = links.setdefault(msg["index"], _Link())
-            if msg["header"]["type"] == RTM_NEWLINK:
-                link.usable = _link_usable(msg)
-            elif (address := _address(msg)) is not None:
-                link.addresses[address] = _address_usable(msg)
-        return links
-
-    async def _resynchronise(self) -> None:
-        """After lost events (ENOBUFS): dump again and report what changed meanwhile."""
+    async def _dump_all(self) -> _Table:
+        """Every link, then every address (one dump at a time: the kernel allows no more),
+        with the events that arrived meanwhile applied on top. Raises OSError(ENOBUFS) when
+        events were lost meanwhile: the result would not be the kernel's state."""
+        overflows = self._overflows
+        self._replay = []
         try:
-            fresh = self._snapshot(await self._dump_all())
-        except (OSError, TimeoutError) as exc:
-            self._stopped(exc)
+            links = await self._ask(RTM_GETLINK, NLM_F_DUMP, bytes(_IFINFOMSG.size), dump=True,
+                                    timeout=DUMP_TIMEOUT)  # fmt: skip
+            addresses = await self._ask(RTM_GETADDR, NLM_F_DUMP, bytes(_IFADDRMSG.size),
+                                        dump=True, timeout=DUMP_TIMEOUT)  # fmt: skip
+            if self._overflows != overflows:
+                raise OSError(errno.ENOBUFS, "link events were lost during the dump")
+            table = _Table.of(links + addresses)
+            for kind, body in self._replay:
+                table.apply(kind, body)
+            return table
+        finally:
+            self._replay = None
+
+    async def _synchronise(self, delay: float) -> None:
+        """Dump until a dump is complete, then report what changed unseen. A failure that
+        passes (see _TRANSIENT) is tried again after a growing delay, without end: a storm
+        of events does not last, and giving up would leave lost addresses unreported."""
+        attempts = 0
+        while True:
+            if delay:
+                await asyncio.sleep(delay)
+            attempts += 1
+            try:
+                fresh = await self._dump_all()
+            except (OSError, TimeoutError) as exc:
+                if not _transient(exc):
+                    self._stopped(exc)
+                    return
+                delay = min(RETRY_MAX, max(RETRY_FIRST, delay * 2))
+                self.log.debug("link dump incomplete: trying again", reason=_reason(exc),
+                               attempt=attempts, delay=delay)  # fmt: skip
+                continue
+            self._adopt(fresh)
+            self.log.info("link events in sync again", attempts=attempts,
+                          ISCSI_EVENT="linkwatch")  # fmt: skip
             return
-        old, self._links = self._links, fresh
-        came_up = False
-        for index, was in old.items():
-            now = fresh.get(index)
-            for address, was_usable in was.addresses.items():
-                gone = now is None or not now.usable or address not in now.addresses
-                if was.usable and was_usable and gone:
-                    self._lost(address)
-        for index, link in fresh.items():
-            before = old.get(index)
-            if link.usable and (before is None or not before.usable):
-                came_up = True
-            if before is not None and any(
-                usable and not before.addresses.get(address, False)
-                for address, usable in link.addresses.items()
-            ):
-                came_up = True
-        if came_up:
-            self._up()
+
+    def _adopt(self, fresh: _Table) -> None:
+        """A complete dump replaces what is known; after the first, what differs is news
+        that events were lost for."""
+        old, self._table = self._table, fresh
+        if self._baseline:
+            self._report(_differences(old, fresh))
+        self._baseline = True
+        self._in_sync.set()
+        self._flush()
+
+    async def route_interface(self, address: str) -> int | None:
+        """The index of the interface the kernel sends packets for ``address`` through now
+        (``ip route get``), or None when it has no route there (none, or ``unreachable``,
+        ``prohibit``, ``blackhole``). A link-local address with a scope (``fe80::1%eth0``)
+        goes through its scope. ValueError for what is not an IP address; OSError when the
+        kernel cannot be asked (the watch is not active) or did not answer (ROUTE_TIMEOUT).
+        """
+        host, _, scope = address.partition("%")
+        ip = ipaddress.ip_address(host)
+        if scope:
+            index = int(scope) if scope.isdigit() else self._table.index_named(scope)
+            if index is None:
+                raise OSError(errno.ENODEV, f"no interface named {scope!r}")
+            return index
+        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        body = _RTMSG.pack(family, ip.max_prefixlen, 0, 0, 0, 0, 0, 0, 0)
+        body += _RTATTR.pack(_RTATTR.size + len(ip.packed), RTA_DST) + ip.packed
+        try:
+            [(_, route)] = await self._ask(RTM_GETROUTE, 0, body, dump=False,
+                                           timeout=ROUTE_TIMEOUT)  # fmt: skip
+        except OSError as exc:
+            if exc.errno in _NO_ROUTE:
+                return None
+            raise
+        if not isinstance(route, _RouteInfo) or route.type not in (RTN_UNICAST, RTN_LOCAL):
+            return None
+        return route.oif
+
+    async def routes_via(self, address: str, index: int) -> bool:
+        """Whether packets for ``address`` leave through interface ``index`` now: the
+        question before reconnecting a session to ``address`` on news that ``index`` came
+        up. True when it cannot be told: a needless attempt costs less than a missed one."""
+        try:
+            return await self.route_interface(address) == index
+        except (OSError, ValueError):
+            return True
 
     # ---------------------------------------------------------------- events
 
     def _readable(self) -> None:
+        """Up to READ_BUDGET datagrams, then back to the loop, which calls again while more
+        are queued: a storm of events must not hold up the sessions' timers and I/O."""
         sock = self._sock
-        while sock is not None and sock is self._sock:
+        for _ in range(READ_BUDGET):
+            if sock is None or sock is not self._sock:
+                break
             try:
                 data = sock.recv(RECV_SIZE)
             except (BlockingIOError, InterruptedError):
-                return
+                break
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:  # the kernel dropped events: we missed some
                     self._rearm(sock)
                     self._overflowed()
                     continue
                 self._stopped(exc)
-                return
-            for msg in self._marshal.parse(data):
-                self._message(msg)
+                break
+            for header, body in _decode(data):
+                self._message(header, body)
+        self._flush()
 
     def _rearm(self, sock: socket.socket) -> None:
         """Watch the socket afresh: the error made libuv (uvloop) stop polling it, silently."""
@@ -331,91 +699,38 @@ class LinkWatch:
         loop.add_reader(sock.fileno(), self._readable)
 
     def _overflowed(self) -> None:
-        if self._dump is not None:  # a dump is running: it may have lost parts (it retries)
-            _, done, _ = self._dump
-            if not done.done():
-                done.set_exception(OSError(errno.ENOBUFS, "netlink overflow during a dump"))
+        self._overflows += 1  # a dump in flight will notice, and be tried again
+        self._in_sync.clear()
+        if not self._started:  # start()'s own dump: it notices
             return
-        if not self._started or (self._resync is not None and not self._resync.done()):
-            return
+        if self._sync is not None and not self._sync.done():
+            return  # one episode, said once: its dumps go on until one is complete
         self.log.warning("link events overflowed: dumping links again", ISCSI_EVENT="linkwatch")
-        self._resync = asyncio.get_running_loop().create_task(self._resynchronise())
+        self._sync = asyncio.get_running_loop().create_task(self._synchronise(0.0))
 
-    def _stopped(self, exc: BaseException) -> None:
-        if not self._started:  # start() is still waiting for its dump: it will say why
-            self._close_socket()
+    def _message(self, header: _Header, body: _Body | None) -> None:
+        # Notifications carry the port of whoever made the change (``ip addr add``), or 0
+        # for the kernel; only answers to our requests carry ours.
+        if header.port == self._port:
+            request = self._requests.get(header.sequence)
+            if request is not None:
+                request.receive(header, body)
+            return  # or the rest of a dump that timed out
+        if header.type not in (RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR):
             return
-        self._started = False
-        self.log.warning(
-            f"link events stopped ({type(exc).__name__}: {exc}): relying on NOP-Out pings",
-            ISCSI_EVENT="linkwatch_unavailable",
-        )
-        self._close_socket()
-
-    def _message(self, msg: Any) -> None:
-        header = msg["header"]
-        kind = header["type"]
-        dump = self._dump
-        # Notifications carry the sequence number and port of whoever made the change (``ip
-        # addr add`` sets its own); a reply to our dump carries ours.
-        ours = dump is not None and header["pid"] == self._portid
-        if ours and dump is not None and header["sequence_number"] == dump[0]:
-            _, done, parts = dump
-            if done.done():
-                return
-            if kind == NLMSG_DONE:
-                done.set_result(parts)
-            elif kind == NLMSG_ERROR:
-                error = header.get("error")
-                done.set_exception(error or OSError(errno.EIO, "netlink dump failed"))
-            else:
-                parts.append(msg)
-            return
-        if kind == RTM_NEWLINK:
-            self._link_changed(msg["index"], _link_usable(msg))
-        elif kind == RTM_DELLINK:
-            self._link_changed(msg["index"], False)
-            self._links.pop(msg["index"], None)
-        elif kind == RTM_NEWADDR:
-            self._address_added(msg)
-        elif kind == RTM_DELADDR:
-            self._address_removed(msg)
-
-    def _link_changed(self, index: int, usable: bool) -> None:
-        link = self._links.get(index)
-        if link is None:
-            self._links[index] = _Link(usable=usable)
-            return
-        was, link.usable = link.usable, usable
-        if was and not usable:
-            for address in list(link.addresses):
-                self._lost(address)
-        elif usable and not was:
-            self._up()
-
-    def _address_added(self, msg: Any) -> None:
-        address = _address(msg)
-        if address is None:
-            return
-        link = self._links.setdefault(msg["index"], _Link())
-        usable = _address_usable(msg)
-        was = link.addresses.get(address)
-        link.addresses[address] = usable
-        if usable and not was:  # new, or DAD has just passed; not a mere lifetime refresh
-            self._up()
-
-    def _address_removed(self, msg: Any) -> None:
-        address = _address(msg)
-        if address is None:
-            return
-        link = self._links.get(msg["index"])
-        if link is not None:
-            link.addresses.pop(address, None)
-        # Also when its link is already down and it was reported then (IPv6 drops addresses
-        # after the link): a second report costs nothing, a missed one a NOP timeout.
-        self._lost(address)
+        if self._replay is not None:
+            self._replay.append((header.type, body))
+        self._report(self._table.apply(header.type, body))
 
     # ---------------------------------------------------------------- callbacks
+
+    def _report(self, changes: _Changes) -> None:
+        """Losses at once (sessions fail sooner); interfaces that came up when the messages
+        read together have been applied (one report per interface, see _flush)."""
+        for address in changes.lost:
+            self._lost(address)
+        for index in changes.up:
+            self._came_up[index] = None
 
     def _lost(self, address: str) -> None:
         self.log.info("address lost", address=address, ISCSI_EVENT="link_down")
@@ -424,9 +739,27 @@ class LinkWatch:
         except Exception:  # a bad handler must not stop the watch
             self.log.exception("on_address_lost failed", address=address)
 
-    def _up(self) -> None:
-        self.log.info("link up", ISCSI_EVENT="link_up")
-        try:
-            self._on_link_up()
-        except Exception:
-            self.log.exception("on_link_up failed")
+    def _flush(self) -> None:
+        """Report each interface that came up, if it is still up."""
+        if not self._came_up:
+            return
+        indices, self._came_up = list(self._came_up), {}
+        reported = False
+        for index in indices:
+            link = self._table.links.get(index)
+            if link is None or link.usable is False:
+                continue  # down again, or deleted, before the report
+            event = InterfaceUp(index, link.name, self._table.usable_addresses(index))
+            self.log.info("link up", ifindex=index, interface=link.name,
+                          addresses=sorted(event.addresses), ISCSI_EVENT="link_up")  # fmt: skip
+            reported = True
+            if self._on_interface_up is not None:
+                try:
+                    self._on_interface_up(event)
+                except Exception:
+                    self.log.exception("on_interface_up failed", ifindex=index)
+        if reported and self._on_link_up is not None:
+            try:
+                self._on_link_up()
+            except Exception:
+                self.log.exception("on_link_up failed")

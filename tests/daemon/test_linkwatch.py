@@ -4,6 +4,8 @@ interfaces are never touched), changed with ``ip``, while a LinkWatch follows th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import os
 import socket
 import subprocess
@@ -13,12 +15,15 @@ from dataclasses import dataclass, field
 import pytest
 import structlog
 from pyiscsid.daemon import linkwatch
-from pyiscsid.daemon.linkwatch import LinkWatch
+from pyiscsid.daemon.linkwatch import RTM_NEWLINK, InterfaceUp, LinkWatch
 from pyiscsid.daemon.localtarget import tool_path
 
 ADDRESS = "198.18.1.1"  # RFC 2544 benchmarking range, and only inside the namespace
 OTHER = "198.18.1.5"
+PEER = "198.18.1.2"  # the other end of ADDRESS's /30: a target would be there
+MARK = "198.18.1.9"  # added and removed as a marker in the stream of news
 WAIT = 5.0  # seconds for the kernel's news to arrive; it takes milliseconds
+STORM_WAIT = 30.0  # seconds for what a storm of events makes happen (load on the machine)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 
@@ -34,6 +39,70 @@ async def ip_in(netns: str, *args: str) -> None:
     )
     _, err = await proc.communicate()
     assert proc.returncode == 0, f"ip -n {netns} {' '.join(args)}: {err.decode()}"
+
+
+async def ip_batch(netns: str, commands: str) -> None:
+    """``ip -n NETNS -batch -``: many changes in one process, the kernel's news queued by the
+    time it returns."""
+    proc = await asyncio.create_subprocess_exec(
+        tool_path("ip"), "-n", netns, "-batch", "-",
+        stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate(commands.encode())
+    assert proc.returncode == 0, f"ip -n {netns} -batch: {err.decode()}"
+
+
+@contextlib.asynccontextmanager
+async def storm(netns: str, links: int = 4) -> AsyncIterator[None]:
+    """Links s0..s3 set up and down without pause until the block ends: one ``ip -batch``
+    fed through a pipe by a task. Their peers stay down, so each change is one RTM_NEWLINK
+    (no carrier, no addresses). On entry the storm is on: a listener of our own has had
+    news of it, and ``ip`` has thousands of changes queued."""
+    await ip_batch(
+        netns, "".join(f"link add s{i} type veth peer name t{i}\n" for i in range(links))
+    )
+    proc = await asyncio.create_subprocess_exec(
+        tool_path("ip"), "-n", netns, "-force", "-batch", "-",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdin is not None
+    stdin = proc.stdin
+    flaps = "".join(f"link set s{i} up\nlink set s{i} down\n" for i in range(links)).encode()
+    chunk = flaps * ((128 << 10) // len(flaps))
+
+    async def feed() -> None:
+        while True:
+            stdin.write(chunk)
+            await stdin.drain()
+
+    feeder = asyncio.create_task(feed())
+    try:
+        await storm_on(netns)
+        yield
+    finally:
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+        proc.kill()
+        await proc.wait()
+
+
+async def storm_on(netns: str, messages: int = 100) -> None:
+    """Until a listener of our own in ``netns`` has had ``messages`` link news."""
+    sock = await asyncio.to_thread(linkwatch._netlink_socket_in, netns)
+    try:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(STORM_WAIT):
+            while messages > 0:
+                try:
+                    data = await loop.sock_recv(sock, linkwatch.RECV_SIZE)
+                except OSError as exc:  # news came faster than it was read: on indeed
+                    if exc.errno != errno.ENOBUFS:
+                        raise
+                    return
+                messages -= sum(1 for h, _ in linkwatch._decode(data) if h.type == RTM_NEWLINK)
+    finally:
+        sock.close()
 
 
 @pytest.fixture
@@ -55,12 +124,19 @@ class News:
 
     queue: asyncio.Queue[tuple[str, str | None]] = field(default_factory=asyncio.Queue)
     seen: list[tuple[str, str | None]] = field(default_factory=list)
+    interfaces: list[InterfaceUp] = field(default_factory=list)  # every on_interface_up
+    ups: int = 0  # on_link_up calls
 
     def lost(self, address: str) -> None:
         self.queue.put_nowait(("lost", address))
 
     def up(self) -> None:
+        self.ups += 1
         self.queue.put_nowait(("up", None))
+
+    def interface_up(self, event: InterfaceUp) -> None:
+        self.interfaces.append(event)
+        self.queue.put_nowait(("interface", event.name))
 
     async def expect(self, kind: str, address: str | None = None) -> None:
         """Until ``kind`` (for ``address``) is reported; TimeoutError after WAIT seconds."""
@@ -77,6 +153,20 @@ class News:
             while not all(("lost", a) in self.seen for a in addresses):
                 self.seen.append(await self.queue.get())
 
+    async def expect_interfaces(self, *names: str) -> None:
+        """Until each of ``names`` has been reported up, in any order."""
+        async with asyncio.timeout(WAIT):
+            while not all(("interface", name) in self.seen for name in names):
+                self.seen.append(await self.queue.get())
+
+    async def settled(self, netns: str) -> None:
+        """Until the watch has read every message the kernel sent so far: the news comes in
+        order, and that of a marker (an address added to lo, which is down, and removed:
+        "lost", nothing else) comes last."""
+        await ip_in(netns, "addr", "add", f"{MARK}/32", "dev", "lo")
+        await ip_in(netns, "addr", "del", f"{MARK}/32", "dev", "lo")
+        await self.expect("lost", MARK)
+
     def drain(self) -> list[tuple[str, str | None]]:
         items = []
         while not self.queue.empty():
@@ -88,8 +178,9 @@ class News:
 async def watched(netns: str) -> AsyncIterator[tuple[str, News, LinkWatch]]:
     news = News()
     watch = LinkWatch(
-        on_address_lost=news.lost, on_link_up=news.up, log=structlog.get_logger(), netns=netns
-    )
+        on_address_lost=news.lost, on_link_up=news.up, on_interface_up=news.interface_up,
+        log=structlog.get_logger(), netns=netns,
+    )  # fmt: skip
     assert await watch.start()
     try:
         yield netns, news, watch
@@ -112,7 +203,11 @@ async def test_addresses_present_at_start_are_known(netns: str) -> None:
 
 async def test_address_added_then_removed(watched: tuple[str, News, LinkWatch]) -> None:
     netns, news, _ = watched
+    await ip_in(netns, "link", "set", "lw0", "up")
+    await news.expect("interface", "lw0")
     await ip_in(netns, "addr", "add", f"{ADDRESS}/30", "dev", "lw0")
+    await news.expect("interface", "lw0")
+    assert any(e.name == "lw0" and ADDRESS in e.addresses for e in news.interfaces)
     await news.expect("up")
     await ip_in(netns, "addr", "del", f"{ADDRESS}/30", "dev", "lw0")
     await news.expect("lost", ADDRESS)
@@ -213,3 +308,261 @@ async def test_without_netlink_start_says_so_once_and_returns_false(
     assert warnings[0]["event"].endswith("relying on NOP-Out pings")
     assert logs == warnings  # nothing else was said
     assert not watch.active and calls == []
+
+
+# -- event storms ----------------------------------------------------------------------------
+
+
+async def test_a_backlog_is_read_a_budget_at_a_time(
+    watched: tuple[str, News, LinkWatch], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """News queued while the watch did not read (its reader removed: white-box, as a busy
+    loop would) is read READ_BUDGET datagrams per turn of the loop, not all in one callback:
+    a storm of events must not hold up NOP-Out timers and I/O for seconds. Each notification
+    is a datagram of its own; a callback that runs once per turn of the loop counts the
+    messages read between its turns."""
+    netns, news, watch = watched
+    sock = watch._sock
+    assert sock is not None
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(sock.fileno())
+    await ip_batch(netns, "link set lw1 down\nlink set lw1 up\n" * 100)  # lw0 down: no carrier
+    read = 0
+    message = watch._message
+
+    def counted(*args: object) -> None:
+        nonlocal read
+        read += 1
+        message(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(watch, "_message", counted)
+    per_turn: list[int] = []
+    done = False
+
+    def turn(before: int) -> None:
+        per_turn.append(read - before)
+        if not done:
+            loop.call_soon(turn, read)
+
+    loop.call_soon(turn, 0)
+    loop.add_reader(sock.fileno(), watch._readable)
+    await news.settled(netns)
+    done = True
+    assert read >= 200
+    assert max(per_turn) <= linkwatch.READ_BUDGET, per_turn
+
+
+async def test_a_storm_of_overflows_after_start_never_ends_the_watch(
+    watched: tuple[str, News, LinkWatch], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receive buffer shrunk to the kernel's minimum (white-box) while links flap
+    without pause: events are dropped (ENOBUFS), and each dump meant to catch up is spoilt
+    as well. The watch dumps again and again, with a growing delay, and says so once; after
+    the storm its dump completes, and losing an address is news again."""
+    netns, news, watch = watched
+    await ip_in(netns, "addr", "add", f"{ADDRESS}/30", "dev", "lw0")
+    await ip_in(netns, "link", "set", "lw0", "up")
+    await news.expect("interface", "lw0")
+    failed = 0
+    three_failed = asyncio.Event()
+    dump_all = watch._dump_all
+
+    async def counted() -> object:  # a probe: changes nothing
+        nonlocal failed
+        try:
+            return await dump_all()
+        except Exception:
+            failed += 1
+            if failed >= 3:
+                three_failed.set()
+            raise
+
+    monkeypatch.setattr(watch, "_dump_all", counted)
+    sock = watch._sock
+    assert sock is not None
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 0)
+    with structlog.testing.capture_logs() as logs:
+        async with storm(netns):
+            await asyncio.wait_for(three_failed.wait(), STORM_WAIT)
+            assert watch.active
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        await asyncio.wait_for(watch.synchronised(), linkwatch.RETRY_MAX + STORM_WAIT)
+    assert watch.active
+    # Said once per episode (a dump may complete between two bursts: a new episode), not
+    # once per overflow nor per failed dump.
+    overflowed, in_sync = "link events overflowed: dumping links again", "link events in sync again"
+    said = [entry["event"] for entry in logs if entry["event"].startswith("link events")]
+    assert said == [overflowed, in_sync] * (len(said) // 2) and said, said
+    assert len(said) // 2 < watch._overflows  # episodes, not overflows
+    assert any(ADDRESS in addresses for addresses in watch.addresses().values())
+    await ip_in(netns, "addr", "del", f"{ADDRESS}/30", "dev", "lw0")
+    await news.expect("lost", ADDRESS)
+
+
+async def test_a_storm_at_start_is_not_a_reason_to_give_up(
+    netns: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """start() during a storm, with the kernel's smallest receive buffer: its first dump is
+    spoilt (ENOBUFS, then EBUSY if dumped again too soon). That is not "link events
+    unavailable": start() returns True at once, follows events, and dumps again until a
+    dump is complete."""
+    await ip_in(netns, "addr", "add", f"{ADDRESS}/30", "dev", "lw0")
+    await ip_in(netns, "link", "set", "lw0", "up")
+    monkeypatch.setattr(linkwatch, "RCVBUF", 0)  # SO_RCVBUFFORCE 0: the kernel's minimum
+    news = News()
+    watch = LinkWatch(on_address_lost=news.lost, log=structlog.get_logger(), netns=netns)
+    try:
+        with structlog.testing.capture_logs() as logs:
+            async with storm(netns):
+                assert await watch.start()
+                assert watch.active
+            sock = watch._sock
+            assert sock is not None
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            await asyncio.wait_for(watch.synchronised(), linkwatch.RETRY_MAX + STORM_WAIT)
+        said = [entry["event"] for entry in logs if entry["log_level"] == "warning"]
+        assert said and said[0].startswith("link events overflowed at start"), said
+        assert not [event for event in said if "unavailable" in event], said
+        assert watch.active
+        assert any(ADDRESS in addresses for addresses in watch.addresses().values())
+        await ip_in(netns, "addr", "del", f"{ADDRESS}/30", "dev", "lw0")
+        await news.expect("lost", ADDRESS)
+    finally:
+        await watch.close()
+
+
+# -- which interface ---------------------------------------------------------------------------
+
+
+async def test_leaving_a_bridge_is_not_a_deletion(watched: tuple[str, News, LinkWatch]) -> None:
+    """``ip link set lw0 nomaster`` sends an RTM_DELLINK of family AF_BRIDGE: the bridge
+    port is gone, lw0 is not. Its address is not lost, and lw0 going down later is news."""
+    netns, news, watch = watched
+    await ip_in(netns, "link", "add", "lwbr", "type", "bridge")
+    await ip_in(netns, "link", "set", "lwbr", "up")
+    await ip_in(netns, "link", "set", "lw0", "master", "lwbr")
+    await ip_in(netns, "addr", "add", f"{ADDRESS}/30", "dev", "lw0")
+    await ip_in(netns, "link", "set", "lw0", "up")
+    await news.expect("interface", "lw0")
+    await ip_in(netns, "link", "set", "lw0", "nomaster")
+    await news.settled(netns)
+    assert ("lost", ADDRESS) not in news.seen
+    assert any(ADDRESS in addresses for addresses in watch.addresses().values())
+    await ip_in(netns, "link", "set", "lw0", "down")
+    await news.expect("lost", ADDRESS)
+
+
+async def test_news_read_together_is_one_report_per_interface(
+    watched: tuple[str, News, LinkWatch],
+) -> None:
+    """lw0 comes up and gets two addresses, all read in one callback (its reader removed
+    meanwhile: white-box): one report for lw0 with both addresses, one for lw1 (its carrier
+    came with lw0), and on_link_up once, not once per message."""
+    netns, news, watch = watched
+    for name in ("lw0", "lw1"):  # no IPv6 link-local address passing DAD a second later
+        ip("netns", "exec", netns, "sysctl", "-qw", f"net.ipv6.conf.{name}.disable_ipv6=1")
+    sock = watch._sock
+    assert sock is not None
+    loop = asyncio.get_running_loop()
+    loop.remove_reader(sock.fileno())
+    await ip_batch(
+        netns,
+        f"link set lw0 up\naddr add {ADDRESS}/30 dev lw0\naddr add {OTHER}/30 dev lw0\n",
+    )
+    loop.add_reader(sock.fileno(), watch._readable)
+    await news.settled(netns)
+    assert [(e.name, e.addresses) for e in news.interfaces] == [
+        ("lw0", frozenset({ADDRESS, OTHER})),
+        ("lw1", frozenset()),
+    ]
+    assert news.ups == 1
+
+
+async def test_routes_via_tells_whom_an_interface_coming_up_concerns(
+    watched: tuple[str, News, LinkWatch],
+) -> None:
+    """Three unrelated veth pairs come up (containers starting): each is reported by name,
+    and routes_via() says that the way to PEER (a target) is lw0, none of them. What the
+    supervisor asks before it cuts a session's backoff short."""
+    netns, news, watch = watched
+    await ip_in(netns, "addr", "add", f"{ADDRESS}/30", "dev", "lw0")
+    await ip_in(netns, "link", "set", "lw0", "up")
+    await news.expect("interface", "lw0")
+    [lw0] = {e.index for e in news.interfaces if e.name == "lw0"}
+    pairs = [(f"u{i}", f"v{i}") for i in range(3)]
+    await ip_batch(
+        netns, "".join(f"link add {u} type veth peer name {v}\n" for u, v in pairs)
+        + "".join(f"link set {u} up\nlink set {v} up\n" for u, v in pairs),
+    )  # fmt: skip
+    names = [name for pair in pairs for name in pair]
+    await news.expect_interfaces(*names)
+    unrelated = {e.index for e in news.interfaces if e.name in names}
+    assert len(unrelated) == len(names)
+
+    assert await watch.route_interface(PEER) == lw0
+    assert await watch.routes_via(PEER, lw0)
+    for index in unrelated:
+        assert not await watch.routes_via(PEER, index)
+    assert await watch.route_interface(ADDRESS) == socket.if_nametoindex("lo")  # local
+    assert await watch.route_interface("198.18.9.9") is None  # no default route here
+    await ip_in(netns, "route", "add", "unreachable", "198.18.2.0/24")
+    assert await watch.route_interface("198.18.2.1") is None
+    assert await watch.route_interface("fe80::1%lw0") == lw0  # a link-local's scope
+    # lw0 down (administratively) takes its prefix route: no route, so no reason to kick.
+    await ip_in(netns, "link", "set", "lw0", "down")
+    await news.expect("lost", ADDRESS)
+    assert not await watch.routes_via(PEER, lw0)
+
+
+async def test_routes_via_says_true_when_it_cannot_tell() -> None:
+    """Without netlink (never started) or for a host name there is no answer: True, for a
+    needless reconnect attempt costs less than a missed one."""
+    watch = LinkWatch(on_address_lost=print, log=structlog.get_logger())
+    assert await watch.routes_via("198.18.1.2", 7)
+    assert await watch.routes_via("target.example", 7)
+    with pytest.raises(OSError):
+        await watch.route_interface("198.18.1.2")
+
+
+async def test_the_decoder_agrees_with_pyroute2(netns: str) -> None:
+    """The watch decodes the few fields it uses itself (pyroute2 decodes every attribute,
+    140 µs a message); on a real dump both must read the same links and addresses."""
+    rtnl = pytest.importorskip("pyroute2.netlink.rtnl.marshal")
+    await ip_in(netns, "addr", "add", f"{ADDRESS}/30", "dev", "lw0")
+    await ip_in(netns, "addr", "add", "2001:db8::1/64", "dev", "lw1")
+    await ip_in(netns, "link", "set", "lw0", "up")
+    sock = await asyncio.to_thread(linkwatch._netlink_socket_in, netns)
+    sock.setblocking(True)
+    sock.settimeout(WAIT)
+    try:
+        datagrams = []
+        for sequence, (kind, size) in enumerate(((linkwatch.RTM_GETLINK, 16),
+                                                 (linkwatch.RTM_GETADDR, 8)), start=1):  # fmt: skip
+            request = linkwatch._encode(
+                kind, linkwatch.NLM_F_REQUEST | linkwatch.NLM_F_DUMP, sequence, 0, bytes(size)
+            )
+            sock.send(request)
+            while True:
+                data = sock.recv(linkwatch.RECV_SIZE)
+                datagrams.append(data)
+                if any(h.type == linkwatch.NLMSG_DONE for h, _ in linkwatch._decode(data)):
+                    break
+    finally:
+        sock.close()
+    ours = [body for data in datagrams for _, body in linkwatch._decode(data)]
+    theirs = [msg for data in datagrams for msg in rtnl.MarshalRtnl().parse(data)]
+    assert len(ours) == len(theirs) > 4
+    for mine, msg in zip(ours, theirs, strict=True):
+        if isinstance(mine, linkwatch._LinkInfo):
+            assert (mine.family, mine.index, mine.name) == (
+                msg["family"], msg["index"], msg.get_attr("IFLA_IFNAME"),
+            )  # fmt: skip
+            usable = msg["flags"] & linkwatch._USABLE == linkwatch._USABLE
+            assert mine.usable == usable
+        elif isinstance(mine, linkwatch._AddressInfo):
+            assert mine.index == msg["index"]
+            assert mine.address == (msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
+    names = {body.name for body in ours if isinstance(body, linkwatch._LinkInfo)}
+    assert {"lo", "lw0", "lw1"} <= names
+    addresses = {body.address for body in ours if isinstance(body, linkwatch._AddressInfo)}
+    assert {ADDRESS, "2001:db8::1"} <= addresses

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import structlog
 from pyiscsid.daemon.driver import IscsiConnection
-from pyiscsid.daemon.linkwatch import LinkWatch
+from pyiscsid.daemon.linkwatch import InterfaceUp, LinkWatch
 from pyiscsid.daemon.localtarget import tool_path
 from pyiscsid.daemon.recovery import SessionState, backoff
 from pyiscsid.daemon.session import Session
@@ -145,18 +145,71 @@ class Attempts:
         return [t for t, ok in self.ended if not ok][count - 1]
 
 
-def wire(watch_sessions: list[Session]) -> LinkWatch:
-    """A LinkWatch wired with the supervisor's own handlers."""
-    return LinkWatch(
+@dataclass
+class RoutedKicks:
+    """on_interface_up as the supervisor is meant to handle it: a session waiting to
+    reconnect is kicked only when the route to its target now leaves through the interface
+    that came up (LinkWatch.routes_via); any other interface (a container's veth) leaves
+    its backoff alone. Records each decision for the test to wait on."""
+
+    sessions: list[Session]
+    watch: LinkWatch | None = None
+    decided: list[tuple[str | None, bool]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def interface_up(self, event: InterfaceUp) -> None:
+        task = asyncio.get_running_loop().create_task(self._decide(event))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _decide(self, event: InterfaceUp) -> None:
+        assert self.watch is not None
+        waiting = [
+            s for s in self.sessions if s.state in (SessionState.FAILED, SessionState.REOPEN)
+        ]
+        for session in waiting:
+            via = await self.watch.routes_via(session.portal.address, event.index)
+            if via:
+                session.recovery.kick()
+            self.decided.append((event.name, via))
+        self.changed.set()
+
+    async def wait_decided(self, *names: str) -> None:
+        async with asyncio.timeout(TIMEOUT):
+            while not {n for n, _ in self.decided} >= set(names):
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def wire(watch_sessions: list[Session], kicks: RoutedKicks | None = None) -> LinkWatch:
+    """A LinkWatch wired with the supervisor's own handlers (or, with ``kicks``, with the
+    route-aware handler proposed for it)."""
+    watch = LinkWatch(
         on_address_lost=lambda address: fail_sessions_using(watch_sessions, address),
-        on_link_up=lambda: kick_sessions(watch_sessions),
+        on_link_up=None if kicks else lambda: kick_sessions(watch_sessions),
+        on_interface_up=kicks.interface_up if kicks else None,
         log=structlog.get_logger(),
     )
+    if kicks is not None:
+        kicks.watch = watch
+    return watch
+
+
+@pytest.fixture
+def routed() -> bool:
+    """Whether ``running`` wires RoutedKicks (a test parametrizes it to True)."""
+    return False
+
+
+@pytest.fixture
+def kicks() -> RoutedKicks:
+    return RoutedKicks([])
 
 
 @pytest.fixture
 async def running(
-    veth: Veth, target: TgtDisk
+    veth: Veth, target: TgtDisk, routed: bool, kicks: RoutedKicks
 ) -> AsyncIterator[tuple[Session, Writer, list[asyncio.Task[None]], Attempts]]:
     """Logged in to tgtd through the veth, the LinkWatch on, the checksummed writer busy."""
     config = ConnectionConfig(
@@ -170,7 +223,8 @@ async def running(
         1, target.iqn, parse_portal(target.portal), config,
         login_timeout=3, logout_timeout=5, timeouts={"replacement_timeout": 60},
     )  # fmt: skip
-    watch = wire([session])
+    kicks.sessions.append(session)
+    watch = wire([session], kicks if routed else None)
     assert await watch.start(), "netlink is needed for this test"
     attempts = Attempts()
     tasks: list[asyncio.Task[None]] = []
@@ -190,6 +244,7 @@ async def running(
         with contextlib.suppress(Exception):
             await session.logout()
         await watch.close()
+        await asyncio.gather(*kicks.tasks, return_exceptions=True)
 
 
 async def test_link_down_is_noticed_through_netlink_before_nop_timeout_and_link_up_reconnects_before_backoff(  # noqa: E501
@@ -240,3 +295,45 @@ async def test_link_down_is_noticed_through_netlink_before_nop_timeout_and_link_
     await asyncio.to_thread(
         target.target.wait_for_sessions, target.tid, lambda sessions: len(sessions) == 1, 15
     )
+
+
+@pytest.mark.parametrize("routed", [True])
+async def test_an_unrelated_interface_coming_up_leaves_the_backoff_alone(
+    veth: Veth,
+    target: TgtDisk,
+    running: tuple[Session, Writer, list[asyncio.Task[None]], Attempts],
+    kicks: RoutedKicks,
+) -> None:
+    """Our link down, the session waiting to reconnect; then a veth pair unrelated to the
+    target comes up (a container starting): reported by name, and the route to the target
+    does not go through it, so no kick. Our own link coming back does kick: logged in again
+    well before the backoff would have tried."""
+    session, writer, _tasks, attempts = running
+    await ip_async("link", "set", veth.host, "down")
+    await session.recovery.wait_for(SessionState.FAILED, SessionState.REOPEN, timeout=TIMEOUT)
+    last_failure = await attempts.wait_failed(FAILED_ATTEMPTS, timeout=TIMEOUT)
+    next_try = last_failure + backoff(FAILED_ATTEMPTS, rng=lambda: 0.0)
+
+    other = (f"{veth.host[:-1]}u", f"{veth.host[:-1]}v")
+    try:
+        await ip_async("link", "add", other[0], "type", "veth", "peer", "name", other[1])
+        await ip_async("link", "set", other[0], "up")
+        await ip_async("link", "set", other[1], "up")
+        await kicks.wait_decided(*other)
+        assert {d for d in kicks.decided if d[0] in other} == {(other[0], False), (other[1], False)}
+        assert session.state is SessionState.FAILED
+
+        up = time.monotonic()
+        await ip_async("link", "set", veth.host, "up")
+        await session.recovery.wait_for(SessionState.LOGGED_IN, timeout=TIMEOUT)
+        back_at = time.monotonic()
+    finally:
+        ip("link", "del", other[0], check=False)
+    assert (veth.host, True) in kicks.decided
+    print(
+        f"\nunrelated veth pair: no kick; ours up: logged in {(back_at - up) * 1000:.0f} ms later"
+    )
+    assert back_at - up < BACK_WITHIN
+    assert back_at < next_try
+    await writer.wait_acks(1)
+    await writer.finish(file_reader(target.backing))
