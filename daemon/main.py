@@ -162,8 +162,11 @@ async def _serve(
                 activated=handed is not None, state_dir=args.state_dir, nodes=len(nodedb.nodes()),
             )  # fmt: skip
             links = LinkWatch(
-                on_address_lost=supervisor.address_lost, on_link_up=supervisor.link_up, log=log
+                on_address_lost=supervisor.address_lost,
+                on_interface_up=supervisor.interface_up,
+                log=log,
             )
+            supervisor.links = links
             await links.start()  # without netlink it says so once, and pings do the work
             automatic = [r for r in nodedb.nodes() if r.startup in ("automatic", "onboot")]
             notifier.status(f"logging in to {_plural(len(automatic), 'node')}")

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import importlib.metadata
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -39,6 +39,7 @@ from .control import (
 )
 from .driver import send_targets
 from .firmware import Chap, Firmware, FirmwareTarget, Nic, Problem, read_ibft
+from .linkwatch import InterfaceUp, LinkWatch
 from .nbd import NbdServer
 from .nbd_export import LunExport
 from .nodedb import NodeDB, NodeRecord, target_name_problem
@@ -186,10 +187,23 @@ def fail_sessions_using(sessions: Iterable[Session], address: str) -> None:
             session.recovery.fail_now(f"local address {address} went away")
 
 
-def kick_sessions(sessions: Iterable[Session]) -> None:
-    """A link or address came back: sessions waiting to reconnect try at once."""
-    for session in sessions:
-        session.recovery.kick()
+async def kick_sessions_routed(
+    sessions: Iterable[Session], routes_via: Callable[[str, int], Awaitable[bool]], index: int
+) -> dict[str, bool]:
+    """Interface ``index`` came up: the sessions waiting to reconnect whose target's route
+    now leaves through it try at once; the others keep their backoff (a container's veth
+    coming up must not use up their ``reopen_max``). Returns, per target address, whether
+    its route goes through ``index``."""
+    decided: dict[str, bool] = {}
+    for session in list(sessions):
+        if session.state not in (SessionState.FAILED, SessionState.REOPEN):
+            continue
+        address = session.portal.address
+        if address not in decided:
+            decided[address] = await routes_via(address, index)
+        if decided[address]:
+            session.recovery.kick()
+    return decided
 
 
 class Supervisor:
@@ -214,6 +228,8 @@ class Supervisor:
         self._next_sid = 1
         self._busy: set[tuple[str, str]] = set()  # nodes with a login or logout under way
         self.busy_poll = busy_poll  # shared with the NBD server (iscsid.busy_poll)
+        self.links: LinkWatch | None = None  # asked which interface a target's route uses
+        self._background: set[asyncio.Task[Any]] = set()
         self._started = time.monotonic()
         self._operations: dict[str, Callable[[dict[str, Any], Peer], Any]] = {
             "status": self._status,
@@ -734,8 +750,14 @@ class Supervisor:
     def address_lost(self, address: str) -> None:
         fail_sessions_using(self.sessions.values(), address)
 
-    def link_up(self) -> None:
-        kick_sessions(self.sessions.values())
+    def interface_up(self, event: InterfaceUp) -> None:
+        """linkwatch: an interface came up; the sessions it may bring back try again."""
+        if self.links is None:
+            return
+        kicks = kick_sessions_routed(self.sessions.values(), self.links.routes_via, event.index)
+        task = asyncio.get_running_loop().create_task(kicks)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def reload(self, config: DaemonConfig) -> None:
         """SIGHUP: new settings and node records, sessions untouched (they keep the settings
@@ -769,6 +791,9 @@ class Supervisor:
     async def release(self) -> None:
         """Drop the sessions left, without a logout: the target keeps each for its
         Time2Retain, and the next start reinstates it (same ISID)."""
+        for task in list(self._background):  # route questions for sessions about to go
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         for sid in sorted(self.sessions, reverse=True):
             session = self.sessions.pop(sid)
             await session.recovery.close()

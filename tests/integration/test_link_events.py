@@ -26,7 +26,7 @@ from pyiscsid.daemon.linkwatch import InterfaceUp, LinkWatch
 from pyiscsid.daemon.localtarget import tool_path
 from pyiscsid.daemon.recovery import SessionState, backoff
 from pyiscsid.daemon.session import Session
-from pyiscsid.daemon.supervisor import fail_sessions_using, kick_sessions
+from pyiscsid.daemon.supervisor import fail_sessions_using, kick_sessions_routed
 from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.discovery import parse_portal
 
@@ -147,10 +147,9 @@ class Attempts:
 
 @dataclass
 class RoutedKicks:
-    """on_interface_up as the supervisor is meant to handle it: a session waiting to
-    reconnect is kicked only when the route to its target now leaves through the interface
-    that came up (LinkWatch.routes_via); any other interface (a container's veth) leaves
-    its backoff alone. Records each decision for the test to wait on."""
+    """on_interface_up as the supervisor handles it (kick_sessions_routed: a session
+    waiting to reconnect is kicked only when the route to its target now leaves through the
+    interface that came up), recording each decision for the test to wait on."""
 
     sessions: list[Session]
     watch: LinkWatch | None = None
@@ -165,14 +164,8 @@ class RoutedKicks:
 
     async def _decide(self, event: InterfaceUp) -> None:
         assert self.watch is not None
-        waiting = [
-            s for s in self.sessions if s.state in (SessionState.FAILED, SessionState.REOPEN)
-        ]
-        for session in waiting:
-            via = await self.watch.routes_via(session.portal.address, event.index)
-            if via:
-                session.recovery.kick()
-            self.decided.append((event.name, via))
+        decided = await kick_sessions_routed(self.sessions, self.watch.routes_via, event.index)
+        self.decided += [(event.name, via) for via in decided.values()]
         self.changed.set()
 
     async def wait_decided(self, *names: str) -> None:
@@ -182,24 +175,15 @@ class RoutedKicks:
                 await self.changed.wait()
 
 
-def wire(watch_sessions: list[Session], kicks: RoutedKicks | None = None) -> LinkWatch:
-    """A LinkWatch wired with the supervisor's own handlers (or, with ``kicks``, with the
-    route-aware handler proposed for it)."""
+def wire(kicks: RoutedKicks) -> LinkWatch:
+    """A LinkWatch wired as the supervisor wires it, for ``kicks.sessions``."""
     watch = LinkWatch(
-        on_address_lost=lambda address: fail_sessions_using(watch_sessions, address),
-        on_link_up=None if kicks else lambda: kick_sessions(watch_sessions),
-        on_interface_up=kicks.interface_up if kicks else None,
+        on_address_lost=lambda address: fail_sessions_using(kicks.sessions, address),
+        on_interface_up=kicks.interface_up,
         log=structlog.get_logger(),
     )
-    if kicks is not None:
-        kicks.watch = watch
+    kicks.watch = watch
     return watch
-
-
-@pytest.fixture
-def routed() -> bool:
-    """Whether ``running`` wires RoutedKicks (a test parametrizes it to True)."""
-    return False
 
 
 @pytest.fixture
@@ -209,7 +193,7 @@ def kicks() -> RoutedKicks:
 
 @pytest.fixture
 async def running(
-    veth: Veth, target: TgtDisk, routed: bool, kicks: RoutedKicks
+    veth: Veth, target: TgtDisk, kicks: RoutedKicks
 ) -> AsyncIterator[tuple[Session, Writer, list[asyncio.Task[None]], Attempts]]:
     """Logged in to tgtd through the veth, the LinkWatch on, the checksummed writer busy."""
     config = ConnectionConfig(
@@ -224,7 +208,7 @@ async def running(
         login_timeout=3, logout_timeout=5, timeouts={"replacement_timeout": 60},
     )  # fmt: skip
     kicks.sessions.append(session)
-    watch = wire([session], kicks if routed else None)
+    watch = wire(kicks)
     assert await watch.start(), "netlink is needed for this test"
     attempts = Attempts()
     tasks: list[asyncio.Task[None]] = []
@@ -297,7 +281,6 @@ async def test_link_down_is_noticed_through_netlink_before_nop_timeout_and_link_
     )
 
 
-@pytest.mark.parametrize("routed", [True])
 async def test_an_unrelated_interface_coming_up_leaves_the_backoff_alone(
     veth: Veth,
     target: TgtDisk,
