@@ -2,15 +2,15 @@
 NOP-Out timeout to notice that their interface went away, nor for their backoff to notice
 that it came back.
 
-The netlink socket is a plain ``AF_NETLINK`` socket read with ``loop.add_reader``. The few
-messages it carries are encoded and decoded here with ``struct`` (``rtnetlink(7)``): pyroute2
-decodes every attribute of a message, 140 µs for one RTM_NEWLINK, which an event storm (a
-host starting a few hundred containers) turns into seconds of CPU; the fields used here cost
-a few µs. (pyroute2's ``AsyncIPRoute`` was never an option: it opens the socket through
-``create_datagram_endpoint``, which uvloop, the daemon's loop, refuses for ``AF_NETLINK``.)
+The messages come and go through :mod:`.rtnetlink` (a plain ``AF_NETLINK`` socket read with
+``loop.add_reader``; pyroute2 encodes and decodes). This file keeps what is known of the links
+(:class:`_Table`), follows the kernel's news (:class:`LinkWatch`), and asks it which way a
+target is (:meth:`LinkWatch.route_interface`).
 
-The watch never holds the loop for long: one readiness callback reads at most
-:data:`READ_BUDGET` datagrams, and the loop calls it again while more are queued. When the
+The watch never holds the loop for long: one callback handles at most :data:`READ_BUDGET`
+messages, and the rest waits for the next turn of the loop. pyroute2 spends 100-150 µs
+decoding one RTM_NEWLINK, so an event storm (a host starting a few hundred containers) or a
+big dump read in one go would be seconds of CPU without a turn for the sessions. When the
 kernel drops events (ENOBUFS: a storm outran the receive buffer) the watch dumps every link
 and address again, as often as it takes: an overflow is a passing condition, not a reason to
 stop watching.
@@ -23,71 +23,43 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
+import functools
 import ipaddress
 import os
 import socket
-import struct
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-# -- rtnetlink(7), linux/netlink.h, linux/rtnetlink.h ------------------------------------------
+from . import rtnetlink
+from .rtnetlink import (
+    AF_UNSPEC,
+    NLM_F_DUMP_INTR,
+    NLMSG_DONE,
+    NLMSG_ERROR,
+    RECV_SIZE,
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTN_LOCAL,
+    RTN_UNICAST,
+    AddressInfo,
+    Body,
+    Header,
+    LinkInfo,
+    RouteInfo,
+    Status,
+)
 
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-RTM_NEWLINK = 16
-RTM_DELLINK = 17
-RTM_GETLINK = 18
-RTM_NEWADDR = 20
-RTM_DELADDR = 21
-RTM_GETADDR = 22
-RTM_NEWROUTE = 24
-RTM_GETROUTE = 26
-NLM_F_REQUEST = 0x1
-NLM_F_DUMP_INTR = 0x10  # the kernel's tables changed during this dump: it may be inconsistent
-NLM_F_DUMP = 0x300
-RTMGRP_LINK = 0x1
-RTMGRP_IPV4_IFADDR = 0x10
-RTMGRP_IPV6_IFADDR = 0x100
-IFLA_IFNAME = 3
-IFA_ADDRESS = 1
-IFA_LOCAL = 2
-IFA_FLAGS = 8
-RTA_DST = 1
-RTA_OIF = 4
-RTN_UNICAST = 1
-RTN_LOCAL = 2
-NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
-AF_UNSPEC = 0  # a link message of any other family (AF_BRIDGE...) is about a role, not the link
-
-_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence number, port id
-_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
-_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefix length, flags, scope, index
-_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol,
-#                                       scope, type, flags
-_RTATTR = struct.Struct("=HH")  # length, type
-_U32 = struct.Struct("=I")
-_S32 = struct.Struct("=i")
-
-# Interface flags (linux/if.h): a link carries traffic when it is up (administratively),
-# running (operationally up, RFC 2863) and has a carrier.
-IFF_UP = 0x1
-IFF_RUNNING = 0x40
-IFF_LOWER_UP = 0x10000
-_USABLE = IFF_UP | IFF_RUNNING | IFF_LOWER_UP
-# Address flags (linux/if_addr.h): an IPv6 address is not usable until duplicate address
-# detection has passed.
-IFA_F_TENTATIVE = 0x40
-IFA_F_DADFAILED = 0x08
-
-GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-SO_RCVBUFFORCE = 33  # asm-generic/socket.h; the socket module lacks it
-RCVBUF = 1 << 20  # a burst of events (many interfaces flapping) must not overflow it
-RECV_SIZE = 1 << 16  # larger than any one netlink datagram the kernel sends
-READ_BUDGET = 16  # datagrams read per readiness callback: a few ms at most, then the loop
+# Messages handled per callback, then back to the loop: about 1 ms at pyroute2's 100-150 µs
+# a message. Counted in messages, not datagrams: one of a dump's datagrams holds up to 32 KiB
+# (some 20 links, or 300 addresses). Enough for an interface coming up with its carrier and a
+# few addresses (5 messages) to be one report (see _flush); smaller would not shorten stalls
+# either: under an event storm those come from the CPU scheduler (the storm's ``ip`` processes
+# compete for it) and from the interpreter's full garbage collections, not from this budget.
+READ_BUDGET = 8
 DUMP_TIMEOUT = 5.0  # seconds: the kernel answers a dump in milliseconds
 ROUTE_TIMEOUT = 1.0  # seconds for the answer to a route lookup (the kernel's is immediate)
 RETRY_FIRST = 0.1  # seconds before dumping again after a dump that lost events...
@@ -99,8 +71,6 @@ _TRANSIENT = frozenset({errno.ENOBUFS, errno.EBUSY, errno.EINTR, errno.EAGAIN})
 # What the kernel answers a route lookup when there is no route to use: none (ENETUNREACH),
 # or an ``unreachable``, ``prohibit`` or ``blackhole`` route.
 _NO_ROUTE = frozenset({errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EACCES, errno.EINVAL})
-CLONE_NEWNET = 0x40000000
-NETNS_DIR = "/run/netns"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,120 +91,8 @@ class InterfaceUp:
 OnAddressLost = Callable[[str], None]
 OnLinkUp = Callable[[], None]
 OnInterfaceUp = Callable[[InterfaceUp], None]
-
-
-# -- messages --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Header:
-    type: int
-    flags: int
-    sequence: int
-    port: int
-
-
-@dataclass(frozen=True, slots=True)
-class _LinkInfo:
-    """RTM_NEWLINK or RTM_DELLINK (struct ifinfomsg)."""
-
-    family: int
-    index: int
-    usable: bool
-    name: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _AddressInfo:
-    """RTM_NEWADDR or RTM_DELADDR (struct ifaddrmsg); ``address`` in ``getsockname()``'s form."""
-
-    index: int
-    address: str | None
-    usable: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _RouteInfo:
-    """RTM_NEWROUTE, the answer to RTM_GETROUTE (struct rtmsg)."""
-
-    type: int
-    oif: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Status:
-    """NLMSG_ERROR or NLMSG_DONE: 0, or the errno the kernel answered."""
-
-    error: int
-
-
-_Body = _LinkInfo | _AddressInfo | _RouteInfo | _Status
-
-
-def _attributes(data: bytes, offset: int, end: int) -> Iterator[tuple[int, bytes]]:
-    """(type, payload) of each route attribute (struct rtattr) from ``offset`` to ``end``."""
-    while offset + _RTATTR.size <= end:
-        length, kind = _RTATTR.unpack_from(data, offset)
-        if length < _RTATTR.size or offset + length > end:
-            return
-        yield kind & NLA_TYPE_MASK, data[offset + _RTATTR.size : offset + length]
-        offset += (length + 3) & ~3
-
-
-def _ip(raw: bytes | None) -> str | None:
-    if raw is None or len(raw) not in (4, 16):
-        return None
-    return str(ipaddress.ip_address(raw))
-
-
-def _body(kind: int, data: bytes, offset: int, end: int) -> _Body | None:
-    size = end - offset
-    if kind in (RTM_NEWLINK, RTM_DELLINK) and size >= _IFINFOMSG.size:
-        family, _, index, flags, _ = _IFINFOMSG.unpack_from(data, offset)
-        name = None
-        for attribute, payload in _attributes(data, offset + _IFINFOMSG.size, end):
-            if attribute == IFLA_IFNAME:
-                name = payload.split(b"\0", 1)[0].decode("utf-8", "replace")
-        return _LinkInfo(family, index, flags & _USABLE == _USABLE, name)
-    if kind in (RTM_NEWADDR, RTM_DELADDR) and size >= _IFADDRMSG.size:
-        _, _, address_flags, _, index = _IFADDRMSG.unpack_from(data, offset)
-        values: dict[int, bytes] = {}
-        for attribute, payload in _attributes(data, offset + _IFADDRMSG.size, end):
-            values[attribute] = payload
-        if IFA_FLAGS in values and len(values[IFA_FLAGS]) == _U32.size:
-            (address_flags,) = _U32.unpack(values[IFA_FLAGS])
-        # On a point-to-point link IFA_ADDRESS is the peer and IFA_LOCAL is ours; on others
-        # IPv4 sends both (equal) and IPv6 only IFA_ADDRESS.
-        address = _ip(values.get(IFA_LOCAL) or values.get(IFA_ADDRESS))
-        usable = not address_flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)
-        return _AddressInfo(index, address, usable)
-    if kind == RTM_NEWROUTE and size >= _RTMSG.size:
-        route_type = _RTMSG.unpack_from(data, offset)[7]
-        oif = None
-        for attribute, payload in _attributes(data, offset + _RTMSG.size, end):
-            if attribute == RTA_OIF and len(payload) == _U32.size:
-                (oif,) = _U32.unpack(payload)
-        return _RouteInfo(route_type, oif)
-    if kind in (NLMSG_ERROR, NLMSG_DONE):
-        code = _S32.unpack_from(data, offset)[0] if size >= _S32.size else 0
-        return _Status(abs(code))
-    return None
-
-
-def _decode(data: bytes) -> Iterator[tuple[_Header, _Body | None]]:
-    """Each message of one netlink datagram; a truncated one ends it."""
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        length, kind, flags, sequence, port = _NLMSGHDR.unpack_from(data, offset)
-        if length < _NLMSGHDR.size or offset + length > len(data):
-            return
-        body = _body(kind, data, offset + _NLMSGHDR.size, offset + length)
-        yield _Header(kind, flags, sequence, port), body
-        offset += (length + 3) & ~3
-
-
-def _encode(kind: int, flags: int, sequence: int, port: int, body: bytes) -> bytes:
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), kind, flags, sequence, port) + body
+_Encode = Callable[[int, int], bytes]  # (sequence, port) -> a request: see rtnetlink
+_Answer = list[tuple[int, Body | None]]  # (message type, body) of each message answered
 
 
 # -- what is known of the links --------------------------------------------------------------
@@ -265,22 +123,22 @@ class _Table:
         self.links: dict[int, _Link] = {}
 
     @classmethod
-    def of(cls, messages: list[tuple[int, _Body | None]]) -> _Table:
+    def of(cls, messages: _Answer) -> _Table:
         table = cls()
         for kind, body in messages:
             table.apply(kind, body)
         return table
 
-    def apply(self, kind: int, body: _Body | None) -> _Changes:
+    def apply(self, kind: int, body: Body | None) -> _Changes:
         changes = _Changes()
-        if isinstance(body, _LinkInfo) and body.family == AF_UNSPEC:
+        if isinstance(body, LinkInfo) and body.family == AF_UNSPEC:
             if kind == RTM_NEWLINK:
                 self._link_changed(body, changes)
             elif kind == RTM_DELLINK:
                 gone = self.links.pop(body.index, None)
                 if gone is not None and gone.usable is not False:
                     changes.lost.extend(gone.addresses)
-        elif isinstance(body, _AddressInfo) and body.address is not None:
+        elif isinstance(body, AddressInfo) and body.address is not None:
             if kind == RTM_NEWADDR:
                 link = self.links.setdefault(body.index, _Link())
                 was = link.addresses.get(body.address)
@@ -297,7 +155,7 @@ class _Table:
                 changes.lost.append(body.address)
         return changes
 
-    def _link_changed(self, body: _LinkInfo, changes: _Changes) -> None:
+    def _link_changed(self, body: LinkInfo, changes: _Changes) -> None:
         link = self.links.setdefault(body.index, _Link())
         link.name = body.name or link.name
         was, link.usable = link.usable, body.usable
@@ -342,7 +200,7 @@ def _differences(old: _Table, new: _Table) -> _Changes:
     return changes
 
 
-# -- the socket ------------------------------------------------------------------------------
+# -- the watch -------------------------------------------------------------------------------
 
 
 def _transient(exc: BaseException) -> bool:
@@ -354,70 +212,22 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-def _netlink_socket() -> socket.socket:
-    """A non-blocking rtnetlink socket in this thread's network namespace."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-    try:
-        try:  # beyond net.core.rmem_max, which needs CAP_NET_ADMIN
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        sock.bind((0, GROUPS))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _netlink_socket_in(netns: str) -> socket.socket:
-    """An rtnetlink socket of the named network namespace (``ip netns add NAME``).
-
-    setns() moves only the calling thread, so it runs in a thread of its own that ends
-    right after: the event loop's thread, and pooled threads, never change namespace. A
-    socket keeps the namespace it was created in.
-    """
-    result: list[socket.socket | BaseException] = []
-
-    def run() -> None:
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = open(f"{NETNS_DIR}/{netns}", "rb")  # noqa: SIM115 (closed right after)
-            try:
-                if libc.setns(fd.fileno(), CLONE_NEWNET) != 0:
-                    code = ctypes.get_errno()
-                    raise OSError(code, f"setns({netns}): {errno.errorcode.get(code, code)}")
-            finally:
-                fd.close()
-            result.append(_netlink_socket())
-        except BaseException as exc:
-            result.append(exc)
-
-    thread = threading.Thread(target=run, name=f"linkwatch-netns-{netns}")
-    thread.start()
-    thread.join()  # a few syscalls; no I/O
-    (outcome,) = result
-    if isinstance(outcome, BaseException):
-        raise outcome
-    return outcome
-
-
 @dataclass
 class _Request:
     """One request of ours in flight, answered by the messages carrying its sequence number."""
 
-    done: asyncio.Future[list[tuple[int, _Body | None]]]
+    done: asyncio.Future[_Answer]
     dump: bool
-    parts: list[tuple[int, _Body | None]] = field(default_factory=list)
+    parts: _Answer = field(default_factory=list)
     interrupted: bool = False
 
-    def receive(self, header: _Header, body: _Body | None) -> None:
+    def receive(self, header: Header, body: Body | None) -> None:
         if self.done.done():
             return
         if header.flags & NLM_F_DUMP_INTR:
             self.interrupted = True
         if header.type in (NLMSG_ERROR, NLMSG_DONE):
-            code = body.error if isinstance(body, _Status) else errno.EIO
+            code = body.error if isinstance(body, Status) else errno.EIO
             if code:
                 self.done.set_exception(OSError(code, os.strerror(code)))
             elif self.interrupted:
@@ -460,11 +270,14 @@ class LinkWatch:
         self.netns = netns
         self._sock: socket.socket | None = None
         self._port = 0
+        self._reading = False  # the loop's reader is on (off: paused, see _pace)
+        self._pending: Iterator[tuple[Header, Body | None]] = iter(())  # a datagram's rest
+        self._resume: asyncio.Handle | None = None  # the next callback, when paused
         self._table = _Table()
         self._baseline = False  # the table has come from a complete dump
         self._sequence = 0
         self._requests: dict[int, _Request] = {}
-        self._replay: list[tuple[int, _Body | None]] | None = None  # events during a dump
+        self._replay: _Answer | None = None  # events during a dump
         self._overflows = 0  # ENOBUFS seen: a dump during which this grows is incomplete
         self._sync: asyncio.Task[None] | None = None
         self._in_sync = asyncio.Event()
@@ -496,12 +309,13 @@ class LinkWatch:
         """
         try:
             if self.netns is None:
-                sock = _netlink_socket()
+                sock = rtnetlink.open_socket()
             else:
-                sock = await asyncio.to_thread(_netlink_socket_in, self.netns)
+                sock = await asyncio.to_thread(rtnetlink.open_socket_in, self.netns)
             self._sock = sock
             self._port = sock.getsockname()[0]
             asyncio.get_running_loop().add_reader(sock.fileno(), self._readable)
+            self._reading = True
             fresh = await self._dump_all()
         except (OSError, TimeoutError) as exc:
             # No answer at all (TimeoutError) is not a storm: something filters netlink.
@@ -530,6 +344,10 @@ class LinkWatch:
 
     def _close_socket(self) -> None:
         sock, self._sock = self._sock, None
+        resume, self._resume = self._resume, None
+        if resume is not None:
+            resume.cancel()
+        self._pending, self._reading = iter(()), False
         if sock is not None:
             with contextlib.suppress(RuntimeError):  # the loop may be closing
                 asyncio.get_running_loop().remove_reader(sock.fileno())
@@ -559,9 +377,7 @@ class LinkWatch:
 
     # ---------------------------------------------------------------- requests
 
-    async def _ask(
-        self, kind: int, flags: int, body: bytes, *, dump: bool, timeout: float
-    ) -> list[tuple[int, _Body | None]]:
+    async def _ask(self, encode: _Encode, *, dump: bool, timeout: float) -> _Answer:
         sock = self._sock
         if sock is None:
             raise OSError(errno.ECONNABORTED, "link watch closed")
@@ -571,7 +387,7 @@ class LinkWatch:
         self._requests[sequence] = request
         try:
             # A small datagram to the kernel, which answers it in the call: never blocks.
-            sock.send(_encode(kind, NLM_F_REQUEST | flags, sequence, self._port, body))
+            sock.send(encode(sequence, self._port))
             async with asyncio.timeout(timeout):
                 return await request.done
         finally:
@@ -584,10 +400,8 @@ class LinkWatch:
         overflows = self._overflows
         self._replay = []
         try:
-            links = await self._ask(RTM_GETLINK, NLM_F_DUMP, bytes(_IFINFOMSG.size), dump=True,
-                                    timeout=DUMP_TIMEOUT)  # fmt: skip
-            addresses = await self._ask(RTM_GETADDR, NLM_F_DUMP, bytes(_IFADDRMSG.size),
-                                        dump=True, timeout=DUMP_TIMEOUT)  # fmt: skip
+            links = await self._ask(rtnetlink.link_dump, dump=True, timeout=DUMP_TIMEOUT)
+            addresses = await self._ask(rtnetlink.address_dump, dump=True, timeout=DUMP_TIMEOUT)
             if self._overflows != overflows:
                 raise OSError(errno.ENOBUFS, "link events were lost during the dump")
             table = _Table.of(links + addresses)
@@ -645,17 +459,14 @@ class LinkWatch:
             if index is None:
                 raise OSError(errno.ENODEV, f"no interface named {scope!r}")
             return index
-        family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
-        body = _RTMSG.pack(family, ip.max_prefixlen, 0, 0, 0, 0, 0, 0, 0)
-        body += _RTATTR.pack(_RTATTR.size + len(ip.packed), RTA_DST) + ip.packed
+        encode = functools.partial(rtnetlink.route_get, ip)
         try:
-            [(_, route)] = await self._ask(RTM_GETROUTE, 0, body, dump=False,
-                                           timeout=ROUTE_TIMEOUT)  # fmt: skip
+            [(_, route)] = await self._ask(encode, dump=False, timeout=ROUTE_TIMEOUT)
         except OSError as exc:
             if exc.errno in _NO_ROUTE:
                 return None
             raise
-        if not isinstance(route, _RouteInfo) or route.type not in (RTN_UNICAST, RTN_LOCAL):
+        if not isinstance(route, RouteInfo) or route.type not in (RTN_UNICAST, RTN_LOCAL):
             return None
         return route.oif
 
@@ -671,32 +482,57 @@ class LinkWatch:
     # ---------------------------------------------------------------- events
 
     def _readable(self) -> None:
-        """Up to READ_BUDGET datagrams, then back to the loop, which calls again while more
-        are queued: a storm of events must not hold up the sessions' timers and I/O."""
+        """Up to READ_BUDGET messages (the rest of a datagram first, then new ones), then
+        back to the loop: a storm of events must not hold up the sessions' timers and I/O."""
+        self._resume = None
         sock = self._sock
-        for _ in range(READ_BUDGET):
-            if sock is None or sock is not self._sock:
-                break
-            try:
-                data = sock.recv(RECV_SIZE)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                if exc.errno == errno.ENOBUFS:  # the kernel dropped events: we missed some
-                    self._rearm(sock)
-                    self._overflowed()
+        handled = 0
+        try:
+            while handled < READ_BUDGET and sock is not None and sock is self._sock:
+                message = next(self._pending, None)
+                if message is not None:
+                    handled += 1
+                    self._message(*message)
                     continue
-                self._stopped(exc)
-                break
-            for header, body in _decode(data):
-                self._message(header, body)
-        self._flush()
+                try:
+                    data = sock.recv(RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.ENOBUFS:  # the kernel dropped events: we missed some
+                        self._rearm(sock)
+                        self._overflowed()
+                        continue
+                    self._stopped(exc)
+                    break
+                self._pending = rtnetlink.decode(data)
+            self._flush()
+        finally:  # even after a bug, reading goes on
+            if sock is not None and sock is self._sock:
+                self._pace(sock, more=handled == READ_BUDGET)
+
+    def _pace(self, sock: socket.socket, *, more: bool) -> None:
+        """After a callback that spent its budget (``more``: messages may be left, of a
+        datagram already read, which the socket's readiness would not announce), the next
+        turn of the loop goes on, and the reader pauses meanwhile (one callback a turn, not
+        two); after one that emptied the socket, the reader waits for more."""
+        loop = asyncio.get_running_loop()
+        if more:
+            if self._reading:
+                loop.remove_reader(sock.fileno())
+                self._reading = False
+            self._resume = loop.call_soon(self._readable)
+        elif not self._reading:
+            loop.add_reader(sock.fileno(), self._readable)
+            self._reading = True
 
     def _rearm(self, sock: socket.socket) -> None:
-        """Watch the socket afresh: the error made libuv (uvloop) stop polling it, silently."""
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(sock.fileno())
-        loop.add_reader(sock.fileno(), self._readable)
+        """Watch the socket afresh: the error made libuv (uvloop) stop polling it, silently.
+        (A paused reader is added afresh when it resumes.)"""
+        if self._reading:
+            loop = asyncio.get_running_loop()
+            loop.remove_reader(sock.fileno())
+            loop.add_reader(sock.fileno(), self._readable)
 
     def _overflowed(self) -> None:
         self._overflows += 1  # a dump in flight will notice, and be tried again
@@ -708,7 +544,7 @@ class LinkWatch:
         self.log.warning("link events overflowed: dumping links again", ISCSI_EVENT="linkwatch")
         self._sync = asyncio.get_running_loop().create_task(self._synchronise(0.0))
 
-    def _message(self, header: _Header, body: _Body | None) -> None:
+    def _message(self, header: Header, body: Body | None) -> None:
         # Notifications carry the port of whoever made the change (``ip addr add``), or 0
         # for the kernel; only answers to our requests carry ours.
         if header.port == self._port:
