@@ -8,7 +8,7 @@ import asyncio
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,16 +31,6 @@ async def server() -> AsyncIterator[NbdServer]:
     finally:
         async with asyncio.timeout(T):
             await nbd.close()
-
-
-@pytest.fixture
-def listener(path: Path) -> Iterator[socket.socket]:
-    """Another process's socket at the path: a pyiscsid with another control socket."""
-    path.parent.mkdir()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.bind(str(path))
-        sock.listen()
-        yield sock
 
 
 async def greeting(path: Path) -> bytes:

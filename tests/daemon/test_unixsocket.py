@@ -36,16 +36,6 @@ def bound(path: Path) -> Iterator[tuple[socket.socket, SocketFile]]:
         made.remove()
 
 
-@pytest.fixture
-def listener(path: Path) -> Iterator[socket.socket]:
-    """Another process's socket at ``path``, listening."""
-    path.parent.mkdir()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.bind(str(path))
-        sock.listen()
-        yield sock
-
-
 def answers(path: Path) -> bool:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
         try:
