@@ -757,7 +757,12 @@ class Supervisor:
         kicks = kick_sessions_routed(self.sessions.values(), self.links.routes_via, event.index)
         task = asyncio.get_running_loop().create_task(kicks)
         self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._kicked)
+
+    def _kicked(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self.log.error("link-up handling failed", exc_info=task.exception())
 
     async def reload(self, config: DaemonConfig) -> None:
         """SIGHUP: new settings and node records, sessions untouched (they keep the settings
