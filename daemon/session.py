@@ -76,8 +76,9 @@ class LunInfo:
 
 
 class LunFailed(ISCSIError):
-    """A LUN of a session that is otherwise up serves no more I/O, until a new login of the
-    session (which scans its LUNs afresh) clears this."""
+    """A LUN of a session that is otherwise up serves no more I/O: until a new login of the
+    session (which scans its LUNs afresh), or for a removed LUN until a relogin finds the
+    same disk back."""
 
 
 class LunIdentityChanged(LunFailed):
@@ -364,21 +365,26 @@ class Session:
 
         A GOOD answer naming another disk fails that LUN for good. No logical unit behind a
         LUN's number fails that LUN once relogins have found it so for long enough
-        (:data:`LUN_ABSENT_CHECKS`); until then, as for a status that is not GOOD or no answer
+        (:meth:`_absent_for_good`); until then, as for a status that is not GOOD or no answer
         in time, this raises and recovery tries the relogin again after its backoff. When
-        this returns, the session serves its other LUNs."""
+        every disk is absent, nothing is failed: a target being set up again (a failover, a
+        restored configuration) brings its portal up before its LUNs. A LUN failed as
+        removed is asked again at each relogin and served again once it answers as the same
+        disk. When this returns, the session serves its other LUNs."""
         execute = self._bounded(connection.execute)
-        absent: LunIdentityUnknown | None = None
+        absent: dict[int, LunIdentityUnknown] = {}
+        disks = 0
         for lun in list(self.luns):  # the LUN scan of the login may still be adding to it
-            if not lun.identity or lun.lun in self.failed_luns:
+            failure = self.failed_luns.get(lun.lun)
+            if not lun.identity or isinstance(failure, LunIdentityChanged):
                 continue
+            disks += lun.device_type == 0
             try:
                 now = await lun_identity(execute, lun.lun, target=self.target)
             except LunIdentityUnknown as exc:
                 if not exc.absent:
                     raise
-                if not self._absent_for_good(lun.lun, exc):
-                    absent = absent or exc
+                absent[lun.lun] = exc
                 continue
             self._absent.pop(lun.lun, None)
             if now != lun.identity:
@@ -388,8 +394,23 @@ class Session:
                 )
                 self.failed_luns[lun.lun] = LunIdentityChanged(reason)
                 self.log.error("lun identity changed", lun=lun.lun, ISCSI_EVENT="lun_changed")
-        if absent is not None:
-            raise absent
+            elif failure is not None:
+                del self.failed_luns[lun.lun]
+                self.log.warning(
+                    "lun back on the target, served again", lun=lun.lun, ISCSI_EVENT="lun_back"
+                )
+        if not absent:
+            return
+        gone_disks = sum(1 for lun in self.luns if lun.lun in absent and lun.device_type == 0)
+        if disks and gone_disks == disks:  # every disk: the target is being set up again
+            raise next(iter(absent.values()))
+        waiting = [
+            exc
+            for number, exc in absent.items()
+            if number not in self.failed_luns and not self._absent_for_good(number, exc)
+        ]
+        if waiting:
+            raise waiting[0]
 
     def _absent_for_good(self, number: int, absent: LunIdentityUnknown) -> bool:
         """One more relogin found no logical unit behind LUN ``number``. True once that has
@@ -407,7 +428,7 @@ class Session:
         self.failed_luns[number] = LunRemoved(
             f"LUN {number} of {self.target} is gone from the target: no logical unit behind "
             f"it at {relogins} relogins in a row over {now - first:.0f} s; its I/O fails until "
-            "the session is logged out and in again"
+            "a relogin finds it back"
         )
         self.log.error(
             "lun removed from the target, failed alone", lun=number, relogins=relogins,

@@ -108,7 +108,9 @@ class ScsiTask:
             expected = self.expected_data_transfer_length
             due = expected - residual_count if residual_underflow else expected
             if self.read_buffer is not None:
-                if self.data_in_received != due:
+                # More than due (a residual that disowns bytes the target did send) is
+                # trimmed to what the residual leaves, as Linux does: nothing is missing.
+                if self.data_in_received < due:
                     raise TargetProtocolError(
                         f"{what} GOOD for task 0x{self.initiator_task_tag:08x} after "
                         f"{self.data_in_received} bytes of Data-In, expected {due} "

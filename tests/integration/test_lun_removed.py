@@ -1,8 +1,9 @@
-"""A LUN removed from the target for good, against tgtd: once relogins have found no logical
-unit behind its number for long enough, that LUN alone is failed (its held and new I/O get
+"""A LUN removed from the target, against tgtd: once relogins have found no logical unit
+behind its number for long enough, that LUN alone is failed (its held and new I/O get
 :class:`LunRemoved`, logged once) and the session comes back up serving the other LUNs,
-instead of reconnecting until reopen_max gives the whole session up. A LUN missing for one
-relogin only is checked again (test_recovery_verify.py)."""
+instead of reconnecting until reopen_max gives the whole session up; back as the same disk,
+it is served again. Every disk missing is a target being set up again: nothing is failed.
+A LUN missing for one relogin only is checked again (test_recovery_verify.py)."""
 
 from __future__ import annotations
 
@@ -83,11 +84,11 @@ async def test_a_lun_removed_for_good_is_failed_alone_and_the_others_are_served(
         await session.logout()
 
 
-async def test_a_lun_removed_and_added_back_stays_failed_until_a_new_login(
+async def test_a_lun_removed_and_added_back_is_served_again_at_the_next_relogin(
     tgt: TgtDisk, second_lun: Path
 ) -> None:
-    """Failed is failed for the rest of the session: what comes back under the number is
-    served again only after a new login scans it (nothing vouches for it in between)."""
+    """A removed LUN is asked again at each relogin: back as the same disk (its serial
+    unchanged), it is served again, and says so in the log."""
     session = make_session(INITIATOR, tgt, nop=1)
     session.lun_absent_seconds = ABSENT_SECONDS
     await session.login()
@@ -96,12 +97,47 @@ async def test_a_lun_removed_and_added_back_stays_failed_until_a_new_login(
         await asyncio.to_thread(tgt.target.tgtadm, *delete, "--lun", str(GONE))
         await outage(tgt, session)  # LUN 2 failed as removed
         assert list(session.failed_luns) == [GONE]
-        await asyncio.to_thread(tgt.target.add_lun, tgt.tid, GONE, second_lun)
-        await outage(tgt, session)  # back, and with the same serial: still failed
-        assert list(session.failed_luns) == [GONE]
         with pytest.raises(LunRemoved):
             await session.execute(scsi.read10(0, 1), lun=GONE, read_length=512)
+        await asyncio.to_thread(tgt.target.add_lun, tgt.tid, GONE, second_lun)
+        with capture_logs() as logs:
+            await outage(tgt, session)
+        assert session.failed_luns == {}
+        read = await session.execute(scsi.read10(0, 1), lun=GONE, read_length=512)
+        assert read.check().status == 0
+        assert [line["lun"] for line in logs if line.get("ISCSI_EVENT") == "lun_back"] == [GONE]
         assert session.recovery.reconnects == 2
+    finally:
+        await session.logout()
+
+
+async def test_every_disk_missing_for_a_while_is_a_target_set_up_again_not_removed_luns(
+    tgt: TgtDisk, second_lun: Path
+) -> None:
+    """A failover brings the target's portal up before its LUNs: with every disk absent,
+    relogins go on (well past the bound that fails one LUN alone) and nothing is failed;
+    once the LUNs are back, the session serves them all."""
+    session = make_session(INITIATOR, tgt, nop=1)
+    session.lun_absent_seconds = ABSENT_SECONDS
+    await session.login()
+    try:
+        delete = ("--op", "delete", "--mode", "logicalunit", "--tid", str(tgt.tid))
+        for number in (tgt.lun, GONE):
+            await asyncio.to_thread(tgt.target.tgtadm, *delete, "--lun", str(number))
+        (nexus,) = await asyncio.to_thread(tgt.sessions)
+        await asyncio.to_thread(tgt.target.drop_connection, tgt.tid, nexus.sid)
+        async with asyncio.timeout(TIMEOUT):  # past the bound for one LUN alone
+            while session.recovery.attempt <= session.lun_absent_checks:
+                await asyncio.sleep(0.05)
+        assert session.state is not SessionState.LOGGED_IN
+        assert session.failed_luns == {}
+        await asyncio.to_thread(tgt.target.add_lun, tgt.tid, tgt.lun, tgt.backing)
+        await asyncio.to_thread(tgt.target.add_lun, tgt.tid, GONE, second_lun)
+        await session.recovery.wait_for(SessionState.LOGGED_IN, timeout=TIMEOUT)
+        assert session.failed_luns == {}
+        for number in (tgt.lun, GONE):
+            read = await session.execute(scsi.read10(0, 1), lun=number, read_length=512)
+            assert read.check().status == 0
     finally:
         await session.logout()
 
