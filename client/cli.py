@@ -115,7 +115,8 @@ _ALLOWED = {
         "show",
         "rescan",
     },
-    "session": {"sid", "print_level", "logout", "show", "rescan", "stats"},
+    # No -S: the daemon never hands out a session's secrets (shown as ********).
+    "session": {"sid", "print_level", "logout", "rescan", "stats"},
     "fw": {"login"},
 }
 
@@ -172,15 +173,16 @@ def _timeout(text: str) -> float:
 
 
 def _portal(text: str) -> str:
-    """Check ``IP[:PORT]`` (``[IPv6][:PORT]``); drop a ``,TPGT`` suffix as iscsiadm does.
+    """Check ``IP[:PORT][,TPGT]`` (``[IPv6][:PORT][,TPGT]``) and pass it on whole.
 
-    The suffix is accepted because scripts paste discovery output (``IP:PORT,TPGT``) into -p.
-    The address itself is the daemon's to resolve; only the shape is checked here.
+    As iscsiadm, a ``,TPGT`` is kept: ``-o new`` records that portal group, and the other
+    operations pick the record of that group (scripts paste discovery output, ``IP:PORT,TPGT``,
+    into -p). The address itself is the daemon's to resolve; only the shape is checked here.
     """
-    portal = text.strip()
+    whole = portal = text.strip()
     host, sep, tpgt = portal.rpartition(",")
     if sep:
-        if not tpgt.isdigit():
+        if not (tpgt.isdigit() and int(tpgt) <= 65535):
             raise argparse.ArgumentTypeError(f"invalid portal {text!r}: IP[:PORT][,TPGT]")
         portal = host
     if not portal or any(c.isspace() for c in portal):
@@ -197,7 +199,7 @@ def _portal(text: str) -> str:
         port = None
     if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
         raise argparse.ArgumentTypeError(f"invalid port in portal {text!r}: 1 - 65535")
-    return portal
+    return whole
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -61,6 +61,7 @@ def test_discovery_list() -> None:
         (["-m", "discovery", "-T", IQN], "-T is not valid with -m discovery"),
         (["-m", "discovery", "-u"], "-u is not valid with -m discovery"),
         (["-m", "discovery", "-o", "show"], "-o is not valid with -m discovery"),
+        (["-m", "session", "-P", "3", "-S"], "-S is not valid with -m session"),
         (["-m", "discovery", "-P", "1"], "-P is not supported with -m discovery"),
     ],
 )
@@ -76,7 +77,7 @@ def test_discovery_usage_errors(argv: list[str], says: str) -> None:
     [
         ("127.0.0.1", "127.0.0.1"),
         ("127.0.0.1:3260", "127.0.0.1:3260"),
-        ("127.0.0.1:3260,1", "127.0.0.1:3260"),  # pasted from discovery output
+        ("127.0.0.1:3260,1", "127.0.0.1:3260,1"),  # pasted from discovery output: the group
         ("[fe80::1]:3260", "[fe80::1]:3260"),
         ("[::1]", "[::1]"),
         ("::1", "::1"),

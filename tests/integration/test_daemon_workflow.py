@@ -415,3 +415,22 @@ def test_discovery_skips_a_target_whose_name_is_not_an_iscsi_name(
     as_json = daemon.client("-m", "discovery", "-t", "st", "-p", portal, "--format", "json")
     assert as_json.returncode == 0
     assert [(s["key"], s["target"]) for s in as_json.json()["skipped"]] == [("TargetName", None)]
+
+
+def test_a_portal_group_in_p_is_recorded_and_picks_its_record(daemon: Daemon) -> None:
+    """-p IP:PORT,TPGT, as iscsiadm: -o new records that group (it was dropped, and the node
+    recorded with group 1), and the other operations pick the record of that group."""
+    node = ("-m", "node", "-T", "iqn.2026-11.test.pyiscsid:grouped")
+    for group in ("7", "8"):
+        made = daemon.client(*node, "-p", f"127.0.0.1:3999,{group}", "-o", "new")
+        assert made.returncode == 0, made.stdout + made.stderr
+    listed = daemon.client("-m", "node")
+    assert sorted(listed.lines) == [
+        "127.0.0.1:3999,7 iqn.2026-11.test.pyiscsid:grouped",
+        "127.0.0.1:3999,8 iqn.2026-11.test.pyiscsid:grouped",
+    ]
+    deleted = daemon.client(*node, "-p", "127.0.0.1:3999,7", "-o", "delete")
+    assert deleted.returncode == 0, deleted.stdout + deleted.stderr
+    assert daemon.client("-m", "node").lines == [
+        "127.0.0.1:3999,8 iqn.2026-11.test.pyiscsid:grouped"
+    ]
