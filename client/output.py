@@ -239,10 +239,14 @@ def node_new(result: Mapping[str, Any]) -> Output:
     if isinstance(node, dict):
         address, port = split_portal(node["portal"])
         iface = node.get("iface") or DEFAULT_IFACE
-        output.out(
-            f"New iSCSI node [tcp:[hw=,ip=,net_if=,iscsi_if={iface}] "
-            f"{address},{port},{node.get('tpgt', -1)} {node['target']}] added"
+        where = (
+            f"[tcp:[hw=,ip=,net_if=,iscsi_if={iface}] "
+            f"{address},{port},{node.get('tpgt', -1)} {node['target']}]"
         )
+        if result.get("existed"):
+            output.out(f"iSCSI node {where} exists: left as it is (change it with -o update)")
+        else:
+            output.out(f"New iSCSI node {where} added")
     return output
 
 

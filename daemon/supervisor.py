@@ -42,7 +42,7 @@ from .firmware import Chap, Firmware, FirmwareTarget, Nic, Problem, read_ibft
 from .linkwatch import InterfaceUp, LinkWatch
 from .nbd import NbdServer
 from .nbd_export import LunExport
-from .nodedb import NodeDB, NodeRecord, target_name_problem
+from .nodedb import NodeDB, NodeExists, NodeRecord, target_name_problem
 from .recovery import SessionLoggedOut, SessionState
 from .session import Session
 from .settings import InvalidSetting
@@ -349,10 +349,19 @@ class Supervisor:
         return {"nodes": nodes}
 
     async def _node_new(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """``-o new``. A node already recorded is left as it is (its settings are the
+        admin's: iscsiadm would reset them to the defaults) and said so, with success, so
+        that a provisioning script that creates and then updates its nodes can run again."""
         portal = parse_portal(args["portal"])
-        record = self.nodedb.new(
-            args["target"], portal.address, portal.port, portal.tpgt if portal.tpgt else 1
-        )
+        tpgt = portal.tpgt if portal.tpgt else 1
+        try:
+            record = self.nodedb.new(args["target"], portal.address, portal.port, tpgt)
+        except NodeExists:
+            found = self.nodedb.nodes(target=args["target"], portal=str(portal))
+            existing = [r for r in found if r.tpgt == tpgt]
+            if not existing:
+                raise
+            return {"node": self._node_summary(existing[0]), "existed": True}
         self.log.info("node created", ISCSI_TARGET=record.target, ISCSI_PORTAL=record.portal)
         return {"node": self._node_summary(record)}
 

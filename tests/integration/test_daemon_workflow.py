@@ -419,7 +419,8 @@ def test_discovery_skips_a_target_whose_name_is_not_an_iscsi_name(
 
 def test_a_portal_group_in_p_is_recorded_and_picks_its_record(daemon: Daemon) -> None:
     """-p IP:PORT,TPGT, as iscsiadm: -o new records that group (it was dropped, and the node
-    recorded with group 1), and the other operations pick the record of that group."""
+    recorded with group 1), and the other operations pick the record of that group. -o new
+    of a node already there succeeds and leaves it as it is (it exited 7)."""
     node = ("-m", "node", "-T", "iqn.2026-11.test.pyiscsid:grouped")
     for group in ("7", "8"):
         made = daemon.client(*node, "-p", f"127.0.0.1:3999,{group}", "-o", "new")
@@ -428,6 +429,12 @@ def test_a_portal_group_in_p_is_recorded_and_picks_its_record(daemon: Daemon) ->
     assert sorted(listed.lines) == [
         "127.0.0.1:3999,7 iqn.2026-11.test.pyiscsid:grouped",
         "127.0.0.1:3999,8 iqn.2026-11.test.pyiscsid:grouped",
+    ]
+    again = daemon.client(*node, "-p", "127.0.0.1:3999,7", "-o", "new")  # scripts run again
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert again.lines == [
+        "iSCSI node [tcp:[hw=,ip=,net_if=,iscsi_if=default] 127.0.0.1,3999,7 "
+        "iqn.2026-11.test.pyiscsid:grouped] exists: left as it is (change it with -o update)"
     ]
     deleted = daemon.client(*node, "-p", "127.0.0.1:3999,7", "-o", "delete")
     assert deleted.returncode == 0, deleted.stdout + deleted.stderr
