@@ -237,6 +237,10 @@ class Recovery:
             self.connection_lost(connection, f"target is dropping the connection (event {code})")
             connection.abort(f"target dropped the connection (async event {code})")
 
+    def run_in_background(self, coroutine: Awaitable[None]) -> None:
+        """Run ``coroutine`` for the session's lifetime: :meth:`close` cancels it."""
+        self._detached(coroutine)
+
     def _detached(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)

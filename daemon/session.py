@@ -32,6 +32,7 @@ from .recovery import Recovery, SessionLoggedOut, SessionState
 # added again, answers within that.
 LUN_ABSENT_CHECKS = 3
 LUN_ABSENT_SECONDS = 5.0
+LUN_RECHECK_SECONDS = 30.0  # how often a LUN failed as removed is asked whether it is back
 
 # RFC 7143 names of the negotiated parameters that `-m session -P 2` shows.
 _SHOWN_PARAMETERS = (
@@ -217,6 +218,8 @@ class Session:
         self.lun_absent_seconds = (
             LUN_ABSENT_SECONDS if replacement < 0 else min(LUN_ABSENT_SECONDS, replacement)
         )
+        self.lun_recheck_seconds = LUN_RECHECK_SECONDS
+        self._rechecking = False  # _recheck_removed runs
         self.exports: dict[int, str] = {}  # LUN -> its NBD export name, while served
 
     @property
@@ -387,18 +390,7 @@ class Session:
                 absent[lun.lun] = exc
                 continue
             self._absent.pop(lun.lun, None)
-            if now != lun.identity:
-                reason = (
-                    f"LUN {lun.lun} of {self.target} answers as {', '.join(now) or 'nothing'} "
-                    f"after the relogin, it was {', '.join(lun.identity)}: failed, not written"
-                )
-                self.failed_luns[lun.lun] = LunIdentityChanged(reason)
-                self.log.error("lun identity changed", lun=lun.lun, ISCSI_EVENT="lun_changed")
-            elif failure is not None:
-                del self.failed_luns[lun.lun]
-                self.log.warning(
-                    "lun back on the target, served again", lun=lun.lun, ISCSI_EVENT="lun_back"
-                )
+            self._answered(lun, now, "after the relogin")
         if not absent:
             return
         gone_disks = sum(1 for lun in self.luns if lun.lun in absent and lun.device_type == 0)
@@ -411,6 +403,47 @@ class Session:
         ]
         if waiting:
             raise waiting[0]
+
+    def _answered(self, lun: LunInfo, now: tuple[str, ...], when: str) -> None:
+        """``lun`` answered as ``now``: another disk is failed for good; the same disk, if
+        failed as removed, is served again."""
+        if now != lun.identity:
+            reason = (
+                f"LUN {lun.lun} of {self.target} answers as {', '.join(now) or 'nothing'} "
+                f"{when}, it was {', '.join(lun.identity)}: failed, not written"
+            )
+            self.failed_luns[lun.lun] = LunIdentityChanged(reason)
+            self.log.error("lun identity changed", lun=lun.lun, ISCSI_EVENT="lun_changed")
+        elif isinstance(self.failed_luns.get(lun.lun), LunRemoved):
+            del self.failed_luns[lun.lun]
+            self.log.warning(
+                "lun back on the target, served again", lun=lun.lun, ISCSI_EVENT="lun_back"
+            )
+
+    async def _recheck_removed(self) -> None:
+        """While a LUN is failed as removed, ask it every :attr:`lun_recheck_seconds` on the
+        live connection whether it is back (an admin adding it again need not wait for an
+        outage; relogins ask too, in :meth:`_verify_luns`). Ends with the last removed LUN,
+        or with the session (Recovery.close cancels it)."""
+        try:
+            while self.state is not SessionState.LOGGED_OUT:
+                await asyncio.sleep(self.lun_recheck_seconds)
+                failed = self.failed_luns
+                removed = [lun for lun in self.luns if isinstance(failed.get(lun.lun), LunRemoved)]
+                if not removed:
+                    return
+                connection = self.connection
+                if self.state is not SessionState.LOGGED_IN or connection is None:
+                    continue  # recovering: the relogin checks them
+                execute = self._bounded(connection.execute)
+                for lun in removed:
+                    try:
+                        now = await lun_identity(execute, lun.lun, target=self.target)
+                    except ISCSIError:  # still absent, busy, or the connection went
+                        continue
+                    self._answered(lun, now, "when asked again")
+        finally:
+            self._rechecking = False
 
     def _absent_for_good(self, number: int, absent: LunIdentityUnknown) -> bool:
         """One more relogin found no logical unit behind LUN ``number``. True once that has
@@ -428,8 +461,11 @@ class Session:
         self.failed_luns[number] = LunRemoved(
             f"LUN {number} of {self.target} is gone from the target: no logical unit behind "
             f"it at {relogins} relogins in a row over {now - first:.0f} s; its I/O fails until "
-            "a relogin finds it back"
+            "it is found back"
         )
+        if not self._rechecking:
+            self._rechecking = True
+            self.recovery.run_in_background(self._recheck_removed())
         self.log.error(
             "lun removed from the target, failed alone", lun=number, relogins=relogins,
             seconds=round(now - first, 1), reason=str(absent), ISCSI_EVENT="lun_removed",

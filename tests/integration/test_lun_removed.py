@@ -111,6 +111,33 @@ async def test_a_lun_removed_and_added_back_is_served_again_at_the_next_relogin(
         await session.logout()
 
 
+async def test_a_lun_added_back_while_the_connection_stays_up_is_served_again(
+    tgt: TgtDisk, second_lun: Path
+) -> None:
+    """No outage needed: a LUN failed as removed is asked again every lun_recheck_seconds
+    on the live connection, and served again once it answers as the same disk."""
+    session = make_session(INITIATOR, tgt, nop=1)
+    session.lun_absent_seconds = ABSENT_SECONDS
+    session.lun_recheck_seconds = 0.2
+    await session.login()
+    try:
+        delete = ("--op", "delete", "--mode", "logicalunit", "--tid", str(tgt.tid))
+        await asyncio.to_thread(tgt.target.tgtadm, *delete, "--lun", str(GONE))
+        await outage(tgt, session)  # LUN 2 failed as removed
+        assert list(session.failed_luns) == [GONE]
+        with capture_logs() as logs:
+            await asyncio.to_thread(tgt.target.add_lun, tgt.tid, GONE, second_lun)
+            async with asyncio.timeout(TIMEOUT):
+                while session.failed_luns:
+                    await asyncio.sleep(0.05)
+        read = await session.execute(scsi.read10(0, 1), lun=GONE, read_length=512)
+        assert read.check().status == 0
+        assert [line["lun"] for line in logs if line.get("ISCSI_EVENT") == "lun_back"] == [GONE]
+        assert session.recovery.reconnects == 1  # the one outage that failed it, no other
+    finally:
+        await session.logout()
+
+
 async def test_every_disk_missing_for_a_while_is_a_target_set_up_again_not_removed_luns(
     tgt: TgtDisk, second_lun: Path
 ) -> None:
