@@ -89,7 +89,6 @@ class InterfaceUp:
 
 
 OnAddressLost = Callable[[str], None]
-OnLinkUp = Callable[[], None]
 OnInterfaceUp = Callable[[InterfaceUp], None]
 _Encode = Callable[[int, int], bytes]  # (sequence, port) -> a request: see rtnetlink
 _Answer = list[tuple[int, Body | None]]  # (message type, body) of each message answered
@@ -249,8 +248,7 @@ class LinkWatch:
     carrying traffic (down, no carrier, deleted); connections from ``ip`` are dead even if
     TCP does not know it yet. ``on_interface_up(InterfaceUp)``: an interface came up, or
     gained a usable address; sessions waiting to reconnect through it should try now.
-    ``on_link_up()``: the same news without saying which interface (once for all the
-    interfaces reported together). All are called on the event loop and must not block.
+    Both are called on the event loop and must not block.
     ``netns`` watches a named network namespace instead of our own.
     """
 
@@ -258,13 +256,11 @@ class LinkWatch:
         self,
         *,
         on_address_lost: OnAddressLost,
-        on_link_up: OnLinkUp | None = None,
         on_interface_up: OnInterfaceUp | None = None,
         log: Any,
         netns: str | None = None,
     ) -> None:
         self._on_address_lost = on_address_lost
-        self._on_link_up = on_link_up
         self._on_interface_up = on_interface_up
         self.log = log
         self.netns = netns
@@ -580,7 +576,6 @@ class LinkWatch:
         if not self._came_up:
             return
         indices, self._came_up = list(self._came_up), {}
-        reported = False
         for index in indices:
             link = self._table.links.get(index)
             if link is None or link.usable is False:
@@ -588,14 +583,8 @@ class LinkWatch:
             event = InterfaceUp(index, link.name, self._table.usable_addresses(index))
             self.log.info("link up", ifindex=index, interface=link.name,
                           addresses=sorted(event.addresses), ISCSI_EVENT="link_up")  # fmt: skip
-            reported = True
             if self._on_interface_up is not None:
                 try:
                     self._on_interface_up(event)
                 except Exception:
                     self.log.exception("on_interface_up failed", ifindex=index)
-        if reported and self._on_link_up is not None:
-            try:
-                self._on_link_up()
-            except Exception:
-                self.log.exception("on_link_up failed")

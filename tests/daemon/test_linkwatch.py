@@ -133,14 +133,9 @@ class News:
     queue: asyncio.Queue[tuple[str, str | None]] = field(default_factory=asyncio.Queue)
     seen: list[tuple[str, str | None]] = field(default_factory=list)
     interfaces: list[InterfaceUp] = field(default_factory=list)  # every on_interface_up
-    ups: int = 0  # on_link_up calls
 
     def lost(self, address: str) -> None:
         self.queue.put_nowait(("lost", address))
-
-    def up(self) -> None:
-        self.ups += 1
-        self.queue.put_nowait(("up", None))
 
     def interface_up(self, event: InterfaceUp) -> None:
         self.interfaces.append(event)
@@ -220,7 +215,7 @@ def turns(watch: LinkWatch, monkeypatch: pytest.MonkeyPatch) -> Iterator[Turns]:
 async def watched(netns: str) -> AsyncIterator[tuple[str, News, LinkWatch]]:
     news = News()
     watch = LinkWatch(
-        on_address_lost=news.lost, on_link_up=news.up, on_interface_up=news.interface_up,
+        on_address_lost=news.lost, on_interface_up=news.interface_up,
         log=structlog.get_logger(), netns=netns,
     )  # fmt: skip
     assert await watch.start()
@@ -232,7 +227,7 @@ async def watched(netns: str) -> AsyncIterator[tuple[str, News, LinkWatch]]:
 
 async def test_addresses_present_at_start_are_known(netns: str) -> None:
     await ip_in(netns, "addr", "add", f"{ADDRESS}/30", "dev", "lw0")
-    watch = LinkWatch(on_address_lost=print, on_link_up=print, log=structlog.get_logger(),
+    watch = LinkWatch(on_address_lost=print, on_interface_up=print, log=structlog.get_logger(),
                       netns=netns)  # fmt: skip
     try:
         assert await watch.start()
@@ -250,7 +245,6 @@ async def test_address_added_then_removed(watched: tuple[str, News, LinkWatch]) 
     await ip_in(netns, "addr", "add", f"{ADDRESS}/30", "dev", "lw0")
     await news.expect("interface", "lw0")
     assert any(e.name == "lw0" and ADDRESS in e.addresses for e in news.interfaces)
-    await news.expect("up")
     await ip_in(netns, "addr", "del", f"{ADDRESS}/30", "dev", "lw0")
     await news.expect("lost", ADDRESS)
 
@@ -262,7 +256,7 @@ async def test_link_down_loses_every_address_and_link_up_is_reported(
     await ip_in(netns, "addr", "add", f"{ADDRESS}/30", "dev", "lw0")
     await ip_in(netns, "addr", "add", f"{OTHER}/30", "dev", "lw0")
     await ip_in(netns, "link", "set", "lw0", "up")
-    await news.expect("up")
+    await news.expect("interface", "lw0")
     news.drain()
     news.seen.clear()
 
@@ -272,7 +266,7 @@ async def test_link_down_loses_every_address_and_link_up_is_reported(
     assert any(ADDRESS in addresses for addresses in watch.addresses().values())
 
     await ip_in(netns, "link", "set", "lw0", "up")
-    await news.expect("up")
+    await news.expect("interface", "lw0")
 
 
 async def test_carrier_loss_counts_as_link_down(watched: tuple[str, News, LinkWatch]) -> None:
@@ -280,18 +274,18 @@ async def test_carrier_loss_counts_as_link_down(watched: tuple[str, News, LinkWa
     netns, news, _ = watched
     await ip_in(netns, "addr", "add", f"{ADDRESS}/30", "dev", "lw0")
     await ip_in(netns, "link", "set", "lw0", "up")
-    await news.expect("up")
+    await news.expect("interface", "lw0")
     await ip_in(netns, "link", "set", "lw1", "down")
     await news.expect("lost", ADDRESS)
     await ip_in(netns, "link", "set", "lw1", "up")
-    await news.expect("up")
+    await news.expect("interface", "lw0")
 
 
 async def test_deleted_link_loses_its_addresses(watched: tuple[str, News, LinkWatch]) -> None:
     netns, news, watch = watched
     await ip_in(netns, "addr", "add", f"{ADDRESS}/30", "dev", "lw0")
     await ip_in(netns, "link", "set", "lw0", "up")
-    await news.expect("up")
+    await news.expect("interface", "lw0")
     await ip_in(netns, "link", "del", "lw0")  # takes its peer lw1 with it
     await news.expect("lost", ADDRESS)
     async with asyncio.timeout(WAIT):  # RTM_DELLINK follows the address's news
@@ -308,7 +302,7 @@ async def test_lost_events_are_recovered_by_dumping_again(
     netns, news, watch = watched
     await ip_in(netns, "addr", "add", f"{ADDRESS}/30", "dev", "lw0")
     await ip_in(netns, "link", "set", "lw0", "up")
-    await news.expect("up")
+    await news.expect("interface", "lw0")
     sock = watch._sock
     assert sock is not None
     loop = asyncio.get_running_loop()
@@ -338,7 +332,7 @@ async def test_without_netlink_start_says_so_once_and_returns_false(
     monkeypatch.setattr(rtnetlink, "open_socket", forbidden)
     calls: list[str] = []
     watch = LinkWatch(
-        on_address_lost=calls.append, on_link_up=lambda: calls.append("up"),
+        on_address_lost=calls.append, on_interface_up=lambda event: calls.append("up"),
         log=structlog.get_logger(),
     )  # fmt: skip
     with structlog.testing.capture_logs() as logs:
@@ -479,7 +473,7 @@ async def test_news_read_together_is_one_report_per_interface(
 ) -> None:
     """lw0 comes up and gets two addresses, all read in one callback (its reader removed
     meanwhile: white-box): one report for lw0 with both addresses, one for lw1 (its carrier
-    came with lw0), and on_link_up once, not once per message."""
+    came with lw0), not one per message."""
     netns, news, watch = watched
     for name in ("lw0", "lw1"):  # no IPv6 link-local address passing DAD a second later
         ip("netns", "exec", netns, "sysctl", "-qw", f"net.ipv6.conf.{name}.disable_ipv6=1")
@@ -497,7 +491,6 @@ async def test_news_read_together_is_one_report_per_interface(
         ("lw0", frozenset({ADDRESS, OTHER})),
         ("lw1", frozenset()),
     ]
-    assert news.ups == 1
 
 
 async def test_routes_via_tells_whom_an_interface_coming_up_concerns(
