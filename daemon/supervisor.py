@@ -43,7 +43,7 @@ from .linkwatch import InterfaceUp, LinkWatch
 from .nbd import NbdServer
 from .nbd_export import LunExport
 from .nodedb import NodeDB, NodeExists, NodeRecord, target_name_problem
-from .recovery import SessionLoggedOut, SessionState
+from .recovery import SessionState
 from .session import Session
 from .settings import InvalidSetting
 from .shutdown import ONBOOT, root_sessions
@@ -422,10 +422,6 @@ class Supervisor:
                         ISCSI_TARGET=record.target, ISCSI_PORTAL=record.portal,
                     )  # fmt: skip
                     await asyncio.sleep(min(2.0 * attempt, 10.0))
-            if session.state is SessionState.LOGGED_OUT:  # given up during the LUN scan
-                raise SessionLoggedOut(
-                    f"the session was lost during the login: {session.recovery.last_error}"
-                )
             self.sessions[session.sid] = session
             await self._export(session)
             self.log.info(
