@@ -119,9 +119,7 @@ class Recovery:
         self._early_events: list[tuple[IscsiConnection, Event]] = []
         self.totals = ConnectionStats()  # of the connections this session had before
         self._background: set[asyncio.Future[None]] = set()
-        # Called once recovery gives up after reopen_max failed attempts (an attribute, so
-        # that it may also be set after construction).
-        self.on_given_up = on_given_up
+        self.on_given_up = on_given_up  # called once recovery gives up after reopen_max
 
     @property
     def last_attempt(self) -> bool:
@@ -230,7 +228,7 @@ class Recovery:
             # Log out within Parameter3 seconds, then log in again (we do not renegotiate
             # in full-feature phase): the target keeps serving what is in flight meanwhile.
             self.connection_lost(connection, f"target asked for a logout (event {code})")
-            self._detached(self._logout_for_recovery(connection, float(event.parameter3)))
+            self.run_in_background(self._logout_for_recovery(connection, float(event.parameter3)))
         elif code in (AsyncEvent.CONNECTION_DROP, AsyncEvent.SESSION_DROP):
             # The target drops us; Parameter2 is the Time2Wait to honour before reconnecting.
             self._time2wait = _time2wait(event.parameter2)
@@ -239,9 +237,6 @@ class Recovery:
 
     def run_in_background(self, coroutine: Awaitable[None]) -> None:
         """Run ``coroutine`` for the session's lifetime: :meth:`close` cancels it."""
-        self._detached(coroutine)
-
-    def _detached(self, coroutine: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)

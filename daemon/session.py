@@ -78,8 +78,8 @@ class LunInfo:
 
 class LunFailed(ISCSIError):
     """A LUN of a session that is otherwise up serves no more I/O: until a new login of the
-    session (which scans its LUNs afresh), or for a removed LUN until a relogin finds the
-    same disk back."""
+    session (which scans its LUNs afresh), or for a removed LUN until the same disk is
+    found back."""
 
 
 class LunIdentityChanged(LunFailed):
@@ -376,7 +376,7 @@ class Session:
         disk. When this returns, the session serves its other LUNs."""
         execute = self._bounded(connection.execute)
         absent: dict[int, LunIdentityUnknown] = {}
-        disks = 0
+        disks = absent_disks = 0
         for lun in list(self.luns):  # the LUN scan of the login may still be adding to it
             failure = self.failed_luns.get(lun.lun)
             if not lun.identity or isinstance(failure, LunIdentityChanged):
@@ -388,13 +388,13 @@ class Session:
                 if not exc.absent:
                     raise
                 absent[lun.lun] = exc
+                absent_disks += lun.device_type == 0
                 continue
             self._absent.pop(lun.lun, None)
             self._answered(lun, now, "after the relogin")
         if not absent:
             return
-        gone_disks = sum(1 for lun in self.luns if lun.lun in absent and lun.device_type == 0)
-        if disks and gone_disks == disks:  # every disk: the target is being set up again
+        if disks and absent_disks == disks:  # every disk: the target is being set up again
             raise next(iter(absent.values()))
         waiting = [
             exc
