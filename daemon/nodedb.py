@@ -445,16 +445,13 @@ class NodeDB:
         disc_address = _check_address(discovery_address, discovery_port)
         made: list[NodeRecord] = []
         skipped: list[Skipped] = []
-        for index, (name, address, port, tpgt) in enumerate(targets):
-            fault = _identity_problem(name, address, port, 1 if tpgt is None else tpgt)
+        for index, (name, address, port, given_tpgt) in enumerate(targets):
+            tpgt = 1 if given_tpgt is None else given_tpgt
+            fault = _identity_problem(name, address, port, tpgt)
             if fault is not None:
                 skipped.append(Skipped(index, *fault))
                 continue
-            made.append(
-                self._make_node(
-                    name, address, port, 1 if tpgt is None else tpgt, disc_address, discovery_port
-                )
-            )
+            made.append(self._make_node(name, address, port, tpgt, disc_address, discovery_port))
         with self._lock:
             self._check_writable()
             if (disc_address, discovery_port) not in self._discovery:
