@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import os
 import socket
@@ -127,7 +128,10 @@ class _Client:
         self.meta_export: str | None = None
         self.meta_contexts: tuple[str, ...] = ()
         self.block_status = False  # transmission: base:allocation was selected for it
-        self.requests: set[asyncio.Task[None]] = set()
+        # In flight: the tasks of requests served the full way, and the disk's answers to
+        # those started without a task (see _start).
+        self.requests: set[asyncio.Future[Any]] = set()
+        self._dropped = False  # the server dropped us: no request goes on
         self._room = asyncio.Event()  # set when fewer than MAX_IN_FLIGHT requests run
         self._loop = asyncio.get_running_loop()
         self._replies: list[bytes | bytearray | memoryview] = []  # to write this iteration
@@ -445,14 +449,10 @@ class _Client:
                         used += header.size
                     if kind == Command.DISC:
                         return
-                    # loop.create_task: asyncio.create_task asks for the running loop, a
-                    # getpid() system call per request on Python 3.11.
-                    task = self._loop.create_task(
-                        self._handle(export, flags, kind, cookie, offset, length, payload, taken)
-                    )
+                    request = (export, flags, kind, cookie, offset, length, payload, taken)
                     taken = 0
-                    self.requests.add(task)
-                    task.add_done_callback(self._finished)
+                    if not (kind in _PAYLOAD and length and self._start(*request)):
+                        self._spawn(*request)
                 del pending[:used]
                 if len(self.requests) >= MAX_IN_FLIGHT:
                     self._room.clear()
@@ -469,7 +469,7 @@ class _Client:
             self._give(taken)
             # The spec asks that requests sent before NBD_CMD_DISC complete; for a client
             # that vanished they complete into a closed socket, which is harmless.
-            if self.requests:
+            while self.requests:  # a started request may go the full way meanwhile
                 await asyncio.gather(*self.requests, return_exceptions=True)
             self._flush_replies()
             with contextlib.suppress(ConnectionError):
@@ -479,7 +479,79 @@ class _Client:
                 except TimeoutError:  # a client that stopped reading: its replies go
                     self.writer.transport.abort()
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
+    def _spawn(self, *request: Any) -> None:
+        """Serve a request by a task of its own (:meth:`_handle`): the full way, which holds
+        it through session recovery and answers errors."""
+        # loop.create_task: asyncio.create_task asks for the running loop, a getpid()
+        # system call per request on Python 3.11.
+        task = self._loop.create_task(self._handle(*request))
+        self.requests.add(task)
+        task.add_done_callback(self._finished)
+
+    def _start(
+        self,
+        export: Export,
+        flags: int,
+        kind: int,
+        cookie: int,
+        offset: int,
+        length: int,
+        payload: memoryview | None,
+        charge: int,
+    ) -> bool:
+        """Start a valid READ or WRITE without a task, if the export can start it now (most
+        requests: see :meth:`Export.start`); False leaves it to :meth:`_spawn`."""
+        try:
+            self._check(export, kind, offset, length)
+        except NbdRequestError:
+            return False  # _handle answers it
+        started = export.start(offset, length, payload, bool(flags & _FUA))
+        if started is None:
+            return False
+        answer, data = started
+        self.requests.add(answer)
+        answer.add_done_callback(
+            functools.partial(
+                self._answered, export, flags, kind, cookie, offset, length, payload, charge, data
+            )
+        )
+        return True
+
+    def _answered(
+        self,
+        export: Export,
+        flags: int,
+        kind: int,
+        cookie: int,
+        offset: int,
+        length: int,
+        payload: memoryview | None,
+        charge: int,
+        data: bytearray | None,
+        answer: asyncio.Future[Any],
+    ) -> None:
+        """The disk answered a request :meth:`_start`\\ ed. Anything but success (an outage,
+        an error, a timeout) sends it the full way, once more, which holds it through
+        recovery and says what went wrong, as the SCSI layer retries a failed command."""
+        self._finished(answer)
+        if answer.cancelled() or self._dropped:
+            self._give(charge)
+        elif export.succeeded(answer):
+            self._served(kind, cookie, offset, data if data is not None else b"", charge)
+        else:
+            self._spawn(export, flags, kind, cookie, offset, length, payload, charge)
+
+    def drop(self) -> None:
+        """The server drops this client: its requests are cancelled (and a request started
+        without a task is not sent the full way afterwards), its connection aborted."""
+        self._dropped = True
+        for request in list(self.requests):
+            request.cancel()
+        # abort, not close: a client that does not read its replies must not hold the
+        # daemon's shutdown on a drain that never ends.
+        self.writer.transport.abort()
+
+    def _finished(self, task: asyncio.Future[Any]) -> None:
         self.requests.discard(task)
         if len(self.requests) < MAX_IN_FLIGHT:
             self._room.set()
@@ -568,12 +640,20 @@ class _Client:
                     length=length, error=str(failure),
                 )  # fmt: skip
             self._send_error(cookie, failure, charge)
-        elif not self.structured:
-            self._reply(wire.simple_reply(cookie), data, charge=charge)
-        elif kind == Command.READ and length:
-            self._reply(wire.offset_data_header(cookie, offset, len(data)), data, charge=charge)
-        elif kind == Command.BLOCK_STATUS:  # every block is allocated, contents unknown
+        elif kind == Command.BLOCK_STATUS and self.structured:
+            # every block is allocated, contents unknown
             self._reply(wire.block_status(cookie, BASE_ALLOCATION_ID, [(length, 0)]))
+        else:
+            self._served(kind, cookie, offset, data, charge)
+
+    def _served(
+        self, kind: int, cookie: int, offset: int, data: bytes | bytearray | memoryview, charge: int
+    ) -> None:
+        """The reply to a request served: its data, if a read."""
+        if not self.structured:
+            self._reply(wire.simple_reply(cookie), data, charge=charge)
+        elif kind == Command.READ and data:
+            self._reply(wire.offset_data_header(cookie, offset, len(data)), data, charge=charge)
         else:
             self._reply(wire.structured_none(cookie), charge=charge)
 
@@ -728,11 +808,7 @@ class NbdServer:
             for server in self._servers:
                 server.close()
         for task, client in leaving.items():
-            for request in list(client.requests):
-                request.cancel()
-            # abort, not close: a client that does not read its replies must not hold the
-            # daemon's shutdown on a drain that never ends.
-            client.writer.transport.abort()
+            client.drop()
             task.cancel()
         await asyncio.gather(*leaving, return_exceptions=True)
         if kept:

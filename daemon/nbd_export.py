@@ -19,7 +19,11 @@ from pyiscsid.protocol.sense import SenseKey
 
 from . import nbd_protocol as wire
 
+# What Export.start returns: the future of the disk's answer, and the buffer of a read.
+Started = tuple["asyncio.Future[Any]", bytearray | None]
+
 DEFAULT_MAX_TRANSFER = 1024 * 1024  # per SCSI command when the target reports no limit
+_GOOD = int(scsi.ScsiStatus.GOOD)  # an int: looked up per request
 LBA_OUT_OF_RANGE = 0x21  # ASC of ILLEGAL REQUEST, "logical block address out of range"
 
 
@@ -51,6 +55,20 @@ class Export(Protocol):
     max_transfer: int
     read_only: bool
     can_trim: bool
+
+    def start(
+        self, offset: int, length: int, payload: memoryview | None, fua: bool
+    ) -> Started | None:
+        """Start a READ (``payload`` None) or a WRITE now, without a task of its own: the
+        hot path, for most requests. Returns the future of the disk's answer, which
+        :meth:`succeeded` judges, and the buffer a read lands in; a request that did not
+        succeed is served again the full way (:meth:`read`, :meth:`write`), and so is one
+        for which this returns None (it cannot start now)."""
+        ...
+
+    def succeeded(self, answer: asyncio.Future[Any]) -> bool:
+        """The request behind ``answer`` (from :meth:`start`) was served whole."""
+        ...
 
     async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview: ...
 
@@ -182,6 +200,32 @@ class LunExport:
         if not isinstance(first, ISCSIError):
             raise first
         raise _failed(what, offset + at, first, writing) from first
+
+    def start(
+        self, offset: int, length: int, payload: memoryview | None, fua: bool
+    ) -> Started | None:
+        """One READ(16) or WRITE(16) sent now, if the session is logged in; a request that
+        must be split goes the full way (it is large: a task is nothing beside it)."""
+        if length > self.max_transfer:
+            return None
+        lba, blocks = offset // self.block_size, length // self.block_size
+        if payload is not None:
+            cdb = scsi.write16(lba, blocks, fua=fua)
+            answer = self.session.start(cdb, lun=self.lun, data_out=payload)
+            return None if answer is None else (answer, None)
+        buffer = bytearray(length)
+        cdb = scsi.read16(lba, blocks)
+        answer = self.session.start(cdb, lun=self.lun, read_buffer=memoryview(buffer))
+        return None if answer is None else (answer, buffer)
+
+    @staticmethod
+    def succeeded(answer: asyncio.Future[Any]) -> bool:
+        """GOOD status and every byte moved; a unit attention, an error or a residual is
+        for the full way to retry or explain."""
+        if answer.cancelled() or answer.exception() is not None:
+            return False
+        completed = answer.result()
+        return completed.status == _GOOD and not completed.residual_count
 
     async def read(self, offset: int, length: int) -> bytearray:
         buffer = bytearray(length)

@@ -21,7 +21,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from pyiscsid.protocol.errors import ISCSIError, TargetProtocolError, TaskAborted
-from pyiscsid.protocol.events import AsyncMessageReceived, Event, LogoutCompleted
+from pyiscsid.protocol.events import (
+    AsyncMessageReceived,
+    CommandCompleted,
+    Event,
+    LogoutCompleted,
+)
 from pyiscsid.protocol.pdu import AsyncEvent
 from pyiscsid.protocol.stats import ConnectionStats
 
@@ -408,6 +413,20 @@ class Recovery:
                 retries += 1
                 if retries > MAX_COMMAND_RETRIES:
                     raise
+
+    def start(self, **command: Any) -> asyncio.Future[CommandCompleted] | None:
+        """Send a command now if the session is logged in and admits it: the target's answer
+        to judge (:meth:`IscsiConnection.start`). None: :meth:`execute` must serve it, which
+        holds it through an outage or says why it is refused."""
+        connection = self.connection
+        if self.state is not SessionState.LOGGED_IN or connection is None:
+            return None
+        if self._admit is not None:
+            try:
+                self._admit(command)
+            except ISCSIError:
+                return None
+        return connection.start(**command)
 
     async def _usable(self) -> IscsiConnection:
         while True:

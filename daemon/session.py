@@ -16,6 +16,7 @@ from pyiscsid.protocol import scsi
 from pyiscsid.protocol.config import ConnectionConfig
 from pyiscsid.protocol.discovery import Portal
 from pyiscsid.protocol.errors import ISCSIError
+from pyiscsid.protocol.events import CommandCompleted
 from pyiscsid.protocol.login import random_isid
 from pyiscsid.protocol.sense import SenseKey
 
@@ -264,6 +265,13 @@ class Session:
         Not a coroutine itself but the recovery's: one frame less on every command."""
         command.setdefault("timeouts", self.task_timeouts)
         return self.recovery.execute(cdb=cdb, **command)
+
+    def start(self, cdb: bytes, **command: Any) -> asyncio.Future[CommandCompleted] | None:
+        """A SCSI command sent now, without a coroutine (the NBD hot path): the target's
+        answer to judge, or None when :meth:`execute` must serve it (see
+        :meth:`Recovery.start`)."""
+        command.setdefault("timeouts", self.task_timeouts)
+        return self.recovery.start(cdb=cdb, **command)
 
     def _bounded(self, execute: Execute) -> Execute:
         """``execute`` with every command bounded: task management after command_timeout

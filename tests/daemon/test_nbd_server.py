@@ -14,16 +14,17 @@ import pwd
 import shutil
 import struct
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 from pyiscsid.daemon import nbd
 from pyiscsid.daemon import nbd_protocol as wire
 from pyiscsid.daemon.nbd import NbdClientInfo, NbdServer
-from pyiscsid.daemon.nbd_export import NbdIOError
+from pyiscsid.daemon.nbd_export import NbdIOError, Started
 from pyiscsid.daemon.nbd_protocol import Command, Option, Reply, ReplyFlag, ReplyType
 from pyiscsid.daemon.nbd_protocol import TransmissionFlag as TF
 from pyiscsid.protocol.errors import ISCSIError
@@ -56,6 +57,8 @@ class MemoryExport:
     flush_fails: bool = False
     flushes: int = 0
     reads: int = 0
+    fast: bool = True  # reads and writes are started (Export.start), not awaited
+    served_fast: int = 0  # requests served that way
     data: bytearray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,6 +68,29 @@ class MemoryExport:
         for block in sorted(self.bad):
             if offset <= block < offset + length:
                 raise NbdIOError(wire.EIO, f"{what} at offset {block}: medium error", block)
+
+    def start(
+        self, offset: int, length: int, payload: memoryview | None, fua: bool
+    ) -> Started | None:
+        """Served at once, answered through the loop as LunExport's commands are; one that
+        touches a bad block does not succeed, and goes the full way to fail there."""
+        if not self.fast:
+            return None
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        bad = any(offset <= block < offset + length for block in self.bad)
+        buffer = None
+        if not bad:
+            self.served_fast += 1
+            if payload is None:
+                self.reads += 1
+                buffer = bytearray(self.data[offset : offset + length])
+            else:
+                self.data[offset : offset + length] = payload
+        answer.set_result(not bad)
+        return answer, buffer
+
+    def succeeded(self, answer: asyncio.Future[Any]) -> bool:
+        return not answer.cancelled() and answer.result() is True
 
     async def read(self, offset: int, length: int) -> bytes:
         self._fail_inside("READ", offset, length)
@@ -422,6 +448,94 @@ async def test_simple_replies_when_structured_replies_were_not_asked(
     assert served.disk.data[512:1024] == b"\x11" * 512
 
 
+# ------------------------------------------------- requests started without a task
+
+
+async def test_requests_start_without_a_task_and_failures_go_the_full_way(
+    client: RawClient, served: Served
+) -> None:
+    """Reads and writes go by Export.start; one whose answer is not a success is served
+    again by read()/write(), which says what went wrong and where."""
+    served.disk.bad = {8 * KiB}
+    await structured(client)
+    client.request(Command.WRITE, 4 * KiB, 4 * KiB, cookie=1, data=b"\x3c" * 4 * KiB)
+    assert (await client.chunks(1))[0][1] == ReplyType.NONE
+    client.request(Command.READ, 4 * KiB, 4 * KiB, cookie=2)
+    ((_, chunk_type, payload),) = await client.chunks(2)
+    assert chunk_type == ReplyType.OFFSET_DATA and payload == struct.pack(">Q", 4 * KiB) + (
+        b"\x3c" * 4 * KiB
+    )
+    client.request(Command.READ, 8 * KiB, 4 * KiB, cookie=3)
+    ((_, chunk_type, payload),) = await client.chunks(3)
+    assert chunk_type == ReplyType.ERROR_OFFSET
+    assert error_of(payload)[::2] == (wire.EIO, 8 * KiB)
+    assert served.disk.served_fast == 2
+
+
+@dataclass
+class StuckExport(MemoryExport):
+    """Started requests get ``outcome`` as their answer (None: no answer ever comes), and
+    the full way never ends: a request that took it after the server dropped its client
+    would hold close() for ever."""
+
+    outcome: bool | None = None
+    on_start: Callable[[], None] | None = None
+    answers: list[asyncio.Future[bool]] = field(default_factory=list)
+    full_way: int = 0
+
+    def start(
+        self, offset: int, length: int, payload: memoryview | None, fua: bool
+    ) -> Started | None:
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.answers.append(answer)
+        if self.on_start is not None:
+            self.on_start()
+        if self.outcome is not None:
+            answer.set_result(self.outcome)
+        return answer, bytearray(length) if payload is None else None
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self.full_way += 1
+        await asyncio.Event().wait()
+        raise AssertionError("never")
+
+
+async def test_close_cancels_started_requests(public_dir: Path) -> None:
+    disk = StuckExport(DISK)
+    async with serving(public_dir, disk) as server:
+        raw = await RawClient.connect(public_dir / "limits.sock")
+        try:
+            await raw.go()
+            raw.request(Command.READ, 0, 4 * KiB, cookie=1)
+            await until(lambda: server.in_flight == 1)
+            async with asyncio.timeout(TIMEOUT):
+                await server.close()
+            assert disk.answers[0].cancelled() and disk.full_way == 0
+        finally:
+            raw.writer.transport.abort()
+
+
+async def test_a_started_request_answered_as_its_client_is_dropped_stays_dropped(
+    public_dir: Path,
+) -> None:
+    """The failed answer is in, its callback not yet run, when close() drops the client:
+    the request must not then go the full way (there it would hold close() for ever)."""
+    disk = StuckExport(DISK, outcome=False)
+    async with serving(public_dir, disk) as server:
+        closing: list[asyncio.Future[None]] = []
+        disk.on_start = lambda: closing.append(asyncio.ensure_future(server.close()))
+        raw = await RawClient.connect(public_dir / "limits.sock")
+        try:
+            await raw.go()
+            raw.request(Command.READ, 0, 4 * KiB, cookie=1)
+            await until(lambda: bool(closing))
+            async with asyncio.timeout(TIMEOUT):
+                await closing[0]
+            assert disk.full_way == 0 and server.in_flight == 0
+        finally:
+            raw.writer.transport.abort()
+
+
 # ----------------------------------------------------------------- real clients
 
 
@@ -656,6 +770,7 @@ class GatedExport(MemoryExport):
     """Reads wait at ``gate`` once started; ``most`` is how many ran at once, and
     ``started`` is set once ``expected`` of them run together."""
 
+    fast: bool = False  # every read waits at the gate, in read()
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     expected: int = 1
     started: asyncio.Event = field(default_factory=asyncio.Event)

@@ -10,9 +10,10 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from pyiscsid.daemon.recovery import SessionState
 from pyiscsid.daemon.session import Session
 from pyiscsid.protocol import scsi
-from pyiscsid.protocol.errors import CommandRejected
+from pyiscsid.protocol.errors import CommandRejected, TaskAborted
 from pyiscsid.protocol.pdu import AsyncEvent, RejectReason
 from pyiscsid.protocol.pdu import TaskManagementFunction as TMF
 
@@ -69,6 +70,30 @@ async def test_an_unanswered_command_is_aborted_then_issued_again(target: FakeTa
         assert TIMEOUT <= took < 3 * TIMEOUT
         assert target.errors == []
         print(f"\nabort: command answered {took:.2f} s after it was sent")
+    finally:
+        await session.logout()
+
+
+async def test_a_command_started_without_a_task_is_under_the_same_timeout(
+    target: FakeTarget,
+) -> None:
+    """Session.start (the NBD server's hot path) watches its command as execute() does:
+    unanswered, it is aborted and its answer says so; and while the session is down it
+    sends nothing (None: the caller goes the full way, which holds the command)."""
+    session = session_for(target)
+    await session.login()
+    try:
+        target.swallow = swallow_first_write_to(LBA)  # type: ignore[assignment]
+        answer = session.start(scsi.write10(LBA, 1), lun=target.lun, data_out=bytes(512))
+        assert answer is not None
+        with pytest.raises(TaskAborted):
+            await asyncio.wait_for(answer, 5 * TIMEOUT)
+        assert target.task_management == [TMF.ABORT_TASK]
+        await write_through(session, target)  # the full way, as the NBD server goes then
+        target.current.abort()
+        await session.recovery.wait_for(SessionState.FAILED, SessionState.REOPEN, timeout=10)
+        assert session.start(scsi.write10(LBA, 1), lun=target.lun, data_out=bytes(512)) is None
+        await write_through(session, target)  # held until the relogin
     finally:
         await session.logout()
 
