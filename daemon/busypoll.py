@@ -11,7 +11,8 @@ it is off unless asked for.
 The daemon polls twice per request, and only when the request is the only one:
 - for the target's answer, right after sending a command, when it is the only command,
   ping or exchange in flight in the whole daemon (with two, the loop has other work, and
-  a spin for one would delay the other);
+  a spin for one would delay the other); for a command the NBD server started, once the
+  loop has run, since more of the client's requests may be waiting to be sent;
 - for the NBD client's next request, right after the reply, when nothing is in flight.
 
 Between reads the CPU is offered to anyone who wants it (``sched_yield``), so that a

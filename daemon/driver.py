@@ -467,8 +467,10 @@ class IscsiConnection(asyncio.Protocol):
             itt, pending, watch = self._send(
                 cdb, lun, data_out, read_length, read_buffer, attribute, timeouts
             )
-            if pending.done() and self._busy_poll is not None and self._busy_poll.must_yield():
-                await asyncio.sleep(0)  # answered by polling, without the loop running, too long
+            if self._busy_poll is not None:  # it polls only for a command alone in flight
+                self._busy_poll.wait_for_answer(self._fd, pending.done, self.data_received)
+                if pending.done() and self._busy_poll.must_yield():
+                    await asyncio.sleep(0)  # answered without the loop running, for too long
             try:
                 event = await pending
             except TaskAborted:
@@ -505,7 +507,18 @@ class IscsiConnection(asyncio.Protocol):
         """
         if not self._writable.is_set() or self._error is not None or not self.alive:
             return None
-        return self._send(cdb, lun, data_out, 0, read_buffer, TaskAttribute.SIMPLE, timeouts)[1]
+        pending = self._send(cdb, lun, data_out, 0, read_buffer, TaskAttribute.SIMPLE, timeouts)[1]
+        if self._busy_poll is not None and self._busy_poll.outstanding == 1:
+            # Not now: the caller may have more commands to send (an NBD client's
+            # requests come many to a read), and a spin for this one would hold them.
+            self._loop.call_soon(self._poll_for_answer, pending)
+        return pending
+
+    def _poll_for_answer(self, pending: asyncio.Future[CommandCompleted]) -> None:
+        """Busy polling for a started command, once the caller has let the loop run: if
+        it is still the only one in flight."""
+        if self._busy_poll is not None and not pending.done():
+            self._busy_poll.wait_for_answer(self._fd, pending.done, self.data_received)
 
     def _send(
         self,
@@ -518,8 +531,7 @@ class IscsiConnection(asyncio.Protocol):
         timeouts: TaskTimeouts | None,
     ) -> tuple[int, asyncio.Future[CommandCompleted], _Watched | None]:
         """Hand a command to the core of a logged-in connection and wait for its answer
-        (``(itt, answer, watch)``): under ``timeouts`` if given, and by busy polling when
-        the daemon asks for it and the command is alone in flight."""
+        (``(itt, answer, watch)``), under ``timeouts`` if given."""
         assert self._core is not None
         itt = self._core.send_command(
             cdb,
@@ -534,8 +546,6 @@ class IscsiConnection(asyncio.Protocol):
         if timeouts is not None:
             watch = _Watched(self._loop.time() + timeouts.command, itt, lun, pending, timeouts)
             self._watch(watch)
-        if self._busy_poll is not None:  # it polls only for a command alone in flight
-            self._busy_poll.wait_for_answer(self._fd, pending.done, self.data_received)
         return itt, pending, watch
 
     async def wait_idle(self, timeout: float) -> bool:

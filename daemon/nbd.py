@@ -533,13 +533,13 @@ class _Client:
         """The disk answered a request :meth:`_start`\\ ed. Anything but success (an outage,
         an error, a timeout) sends it the full way, once more, which holds it through
         recovery and says what went wrong, as the SCSI layer retries a failed command."""
-        self._finished(answer)
         if answer.cancelled() or self._dropped:
             self._give(charge)
         elif export.succeeded(answer):
             self._served(kind, cookie, offset, data if data is not None else b"", charge)
         else:
             self._spawn(export, flags, kind, cookie, offset, length, payload, charge)
+        self._finished(answer)  # after the reply: busy polling waits for the next request
 
     def drop(self) -> None:
         """The server drops this client: its requests are cancelled (and a request started

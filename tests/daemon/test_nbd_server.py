@@ -23,6 +23,7 @@ import pytest
 import structlog
 from pyiscsid.daemon import nbd
 from pyiscsid.daemon import nbd_protocol as wire
+from pyiscsid.daemon.busypoll import BusyPoll
 from pyiscsid.daemon.nbd import NbdClientInfo, NbdServer
 from pyiscsid.daemon.nbd_export import NbdIOError, Started
 from pyiscsid.daemon.nbd_protocol import Command, Option, Reply, ReplyFlag, ReplyType
@@ -586,6 +587,26 @@ async def test_qemu_io_gets_eio_for_a_bad_block_and_carries_on(served: Served) -
     assert "read failed: Input/output error" in out
     assert "wrote 4096/4096 bytes at offset 524288" in out
     assert "Pattern verification failed" not in out and out.count("read 4096/4096") == 1
+
+
+@needs_tools
+async def test_busy_polling_reads_a_lone_client_s_next_request_after_its_reply(
+    public_dir: Path,
+) -> None:
+    """With ``iscsid.busy_poll`` the server polls for a lone client's next request once the
+    reply to its last one is out. Polled before that, it waits (and misses) for a request
+    the client cannot send until it has its reply."""
+    poll = BusyPoll(0.05)  # long enough for a loaded machine to send the next request
+    server = NbdServer({DISK: MemoryExport(DISK)}, busy_poll=poll)
+    await server.start_unix(public_dir / "poll.sock")
+    try:
+        reads = [arg for block in range(40) for arg in ("-c", f"read {block * 4}k 4k")]
+        uri = f"nbd+unix:///{DISK}?socket={public_dir / 'poll.sock'}"
+        _, out, _ = await run("qemu-io", "-f", "raw", uri, *reads)
+    finally:
+        await server.close()
+    assert out.count("read 4096/4096") == 40
+    assert poll.hits >= 35 and poll.misses <= 2, (poll.hits, poll.misses)
 
 
 # ------------------------------------------------------------ who is connected

@@ -76,3 +76,34 @@ async def test_reads_polled_bring_the_right_data_and_let_other_tasks_run(tgt: Tg
         ticker.cancel()
         await session.logout()
     assert poll.outstanding == 0
+
+
+async def test_started_commands_are_polled_for_once_the_loop_runs(tgt: TgtDisk) -> None:
+    """Session.start (the NBD server's path) returns at once: its caller may have more to
+    send (an NBD client's requests come many to a read), and a spin for the first would
+    serve them one by one. The poll comes once the loop runs, if the command is alone."""
+    poll = BusyPoll(BUDGET)
+    session = make_session(INITIATOR, tgt, nop=1, busy_poll=poll)
+    await session.login()
+    try:
+        expected = file_reader(tgt.backing)
+        buffers = [bytearray(4096) for _ in range(8)]
+        answers = [
+            session.start(scsi.read16(block * 8, 8), lun=1, read_buffer=memoryview(buffer))
+            for block, buffer in enumerate(buffers)
+        ]
+        assert all(answer is not None and not answer.done() for answer in answers)
+        async with asyncio.timeout(TIMEOUT):
+            for block, answer in enumerate(answers):
+                assert answer is not None and (await answer).status == 0
+                assert bytes(buffers[block]) == expected(block * 4096)
+        hits = poll.hits
+        buffer = bytearray(4096)
+        alone = session.start(scsi.read16(0, 8), lun=1, read_buffer=memoryview(buffer))
+        assert alone is not None and not alone.done()
+        async with asyncio.timeout(TIMEOUT):
+            assert (await alone).status == 0
+        assert poll.hits == hits + 1
+    finally:
+        await session.logout()
+    assert poll.outstanding == 0
