@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from pyiscsid.protocol import scsi
@@ -111,10 +111,6 @@ class LunExport:
     read_only: bool = False
     can_trim: bool = False
     max_unmap_blocks: int = 0
-    _zeros: memoryview = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._zeros = memoryview(bytes(self.max_transfer))
 
     @classmethod
     async def probe(cls, session: Any, lun_info: Any) -> LunExport:
@@ -262,9 +258,7 @@ class LunExport:
         pieces = [
             (
                 at,
-                self._run(
-                    scsi.write16(lba, blocks, fua=fua), data_out=self._zeros[: blocks * size]
-                ),
+                self._run(scsi.write16(lba, blocks, fua=fua), data_out=_zeros(blocks * size)),
             )
             for lba, blocks, at in self._chunks(offset, length, self.max_transfer)
         ]
@@ -280,6 +274,18 @@ class LunExport:
                 await self._run(scsi.unmap(len(parameters)), whole=False, data_out=parameters)
             except ISCSIError as exc:
                 raise _failed("TRIM", offset + at, exc, writing=True) from exc
+
+
+_ZEROS = [memoryview(b"")]
+
+
+def _zeros(length: int) -> memoryview:
+    """``length`` zero bytes for WRITE_ZEROES, from one buffer for every export (one each
+    took 1 MiB per LUN, 130 KiB of it resident: 26 MiB for 200 sessions), made at the
+    first use."""
+    if len(_ZEROS[0]) < length:
+        _ZEROS[0] = memoryview(bytes(max(length, DEFAULT_MAX_TRANSFER)))
+    return _ZEROS[0][:length]
 
 
 def _failed(what: str, offset: int, exc: ISCSIError, writing: bool) -> NbdIOError:
