@@ -102,6 +102,12 @@ class CommandResult:
         return self
 
 
+def command_result(event: CommandCompleted) -> CommandResult:
+    """The outcome of a command, its sense decoded."""
+    sense = _sense_or_none(event.sense) if event.sense else None
+    return CommandResult(event.status, sense, event.data, event.residual_count)
+
+
 def _sense_or_none(raw: bytes) -> Sense | None:
     """Sense data, or None when there is none or it cannot be decoded.
 
@@ -383,10 +389,12 @@ class IscsiConnection(asyncio.Protocol):
         self._watchdog = None
         now = self._loop.time()
         earliest: float | None = None
-        for watch in self._watched.values():
+        for watch in list(self._watched.values()):
             if watch.rescue is not None:
                 continue
-            if watch.deadline <= now:
+            if watch.deadline <= now and watch.pending.cancelled():
+                self._forget(watch.initiator_task_tag)  # started, and its caller left
+            elif watch.deadline <= now:
                 watch.rescue = self._loop.create_task(
                     rescue(self, watch.initiator_task_tag, watch.lun, watch.pending, watch.timeouts)
                 )
@@ -451,13 +459,16 @@ class IscsiConnection(asyncio.Protocol):
         attribute: TaskAttribute = TaskAttribute.SIMPLE,
         timeouts: TaskTimeouts | None = None,
     ) -> CommandResult:
-        """Run one SCSI command; unit attentions for power on/reset are absorbed and retried.
+        """Run one SCSI command; unit attentions are absorbed and the command issued again
+        (up to UNIT_ATTENTION_RETRIES times), as Linux's SCSI layer does.
 
         With ``timeouts``, a command that gets no answer is rescued by task management
         (:mod:`escalation`).
 
         A CHECK CONDITION with UNIT ATTENTION means the command was not executed, so running
-        it again is safe even for a write (SAM-5 section 5.14).
+        it again is safe even for a write (SAM-5 section 5.14). Each new session starts with
+        a power-on one; any other (capacity or mode parameters changed, LUNs added) is news
+        for the administrator, and logged.
         """
         for _ in range(UNIT_ATTENTION_RETRIES):
             if not self._writable.is_set():
@@ -480,10 +491,12 @@ class IscsiConnection(asyncio.Protocol):
             except asyncio.CancelledError:
                 self._forget(itt)
                 raise
-            sense = _sense_or_none(event.sense) if event.sense else None
-            result = CommandResult(event.status, sense, event.data, event.residual_count)
-            if not (sense is not None and sense.is_unit_attention and sense.is_power_on_reset):
+            result = command_result(event)
+            sense = result.sense
+            if sense is None or not sense.is_unit_attention:
                 return result
+            if not sense.is_power_on_reset:
+                self.log_event("unit attention", lun=lun, sense=sense.code, reason=str(sense))
         return result
 
     def start(
@@ -500,10 +513,12 @@ class IscsiConnection(asyncio.Protocol):
 
         The future is the target's answer, whatever its status (the caller judges it, and
         goes the full way through :meth:`execute` for anything but a plain success); it
-        fails as :meth:`execute` would. None: the connection cannot take a command now
+        fails with the connection's error, or TaskAborted once its timeout had it
+        aborted. None: the connection cannot take a command now
         (not logged in, or the socket's buffer is full), and :meth:`execute` would wait.
-        Cancelling the future drops the answer; the command stays in flight (and under
-        its timeout) until the target answers it.
+        Cancelling the future drops the answer, as cancelling :meth:`execute` does; the
+        command counts as in flight until the target answers it or its timeout passes
+        (then it is forgotten, not aborted: no one waits for it).
         """
         if not self._writable.is_set() or self._error is not None or not self.alive:
             return None

@@ -32,7 +32,7 @@ from . import unixsocket
 from .batching import IterationBatch
 from .busypoll import BusyPoll
 from .byte_budget import ByteBudget
-from .nbd_export import Export, NbdIOError, NbdRequestError, errno_for
+from .nbd_export import Answered, Export, NbdIOError, NbdRequestError, errno_for
 from .nbd_protocol import Command, CommandFlag, NbdProtocolError, Option, Reply
 from .nbd_protocol import TransmissionFlag as TF
 
@@ -530,16 +530,22 @@ class _Client:
         data: bytearray | None,
         answer: asyncio.Future[Any],
     ) -> None:
-        """The disk answered a request :meth:`_start`\\ ed. Anything but success (an outage,
-        an error, a timeout) sends it the full way, once more, which holds it through
-        recovery and says what went wrong, as the SCSI layer retries a failed command."""
-        if answer.cancelled() or self._dropped:
-            self._give(charge)
-        elif export.succeeded(answer):
-            self._served(kind, cookie, offset, data if data is not None else b"", charge)
-        else:
-            self._spawn(export, flags, kind, cookie, offset, length, payload, charge)
-        self._finished(answer)  # after the reply: busy polling waits for the next request
+        """The disk answered a request :meth:`_start`\\ ed: reply, fail it, or send it the
+        full way once more (an outage, a timeout: see :meth:`Export.judge`), which holds
+        it through recovery, as the SCSI layer retries such a command."""
+        try:
+            if answer.cancelled() or self._dropped:
+                self._give(charge)
+                return
+            verdict = export.judge(answer, offset, kind == Command.WRITE)
+            if verdict is Answered.SERVED:
+                self._served(kind, cookie, offset, data if data is not None else b"", charge)
+            elif verdict is Answered.RETRY:
+                self._spawn(export, flags, kind, cookie, offset, length, payload, charge)
+            else:
+                self._fail(export, kind, offset, length, cookie, verdict, charge)
+        finally:
+            self._finished(answer)  # after the reply: busy polling waits for the next request
 
     def drop(self) -> None:
         """The server drops this client: its requests are cancelled (and a request started
@@ -556,8 +562,13 @@ class _Client:
         if len(self.requests) < MAX_IN_FLIGHT:
             self._room.set()
         poll = self.server.busy_poll
-        if poll is not None and not self.requests and self._fd >= 0:
+        if poll is not None and not self.requests and self._fd >= 0 and self._reading():
             poll.wait_for_request(self._fd, self.reader.feed_data)  # read by _transmit
+
+    def _reading(self) -> bool:
+        """Whether the client's socket is still ours to read: not dropped, closed or at its
+        end (its descriptor may already serve another connection)."""
+        return not (self._dropped or self.writer.is_closing() or self.reader.at_eof())
 
     def _check(self, export: Export, kind: int, offset: int, length: int) -> None:
         if kind in _WRITING and export.read_only:
@@ -634,12 +645,7 @@ class _Client:
             self._give(charge)
             raise
         if failure is not None:
-            if isinstance(failure, NbdIOError):
-                self.log.warning(
-                    "nbd request failed", export=export.name, command=kind, offset=offset,
-                    length=length, error=str(failure),
-                )  # fmt: skip
-            self._send_error(cookie, failure, charge)
+            self._fail(export, kind, offset, length, cookie, failure, charge)
         elif kind == Command.BLOCK_STATUS and self.structured:
             # every block is allocated, contents unknown
             self._reply(wire.block_status(cookie, BASE_ALLOCATION_ID, [(length, 0)]))
@@ -656,6 +662,25 @@ class _Client:
             self._reply(wire.offset_data_header(cookie, offset, len(data)), data, charge=charge)
         else:
             self._reply(wire.structured_none(cookie), charge=charge)
+
+    def _fail(
+        self,
+        export: Export,
+        kind: int,
+        offset: int,
+        length: int,
+        cookie: int,
+        failure: NbdRequestError,
+        charge: int,
+    ) -> None:
+        """Answer a failed request; the disk's failures (not a client's mistakes) are
+        logged."""
+        if isinstance(failure, NbdIOError):
+            self.log.warning(
+                "nbd request failed", export=export.name, command=kind, offset=offset,
+                length=length, error=str(failure),
+            )  # fmt: skip
+        self._send_error(cookie, failure, charge)
 
     def _send_error(self, cookie: int, failure: NbdRequestError, charge: int) -> None:
         if not self.structured:

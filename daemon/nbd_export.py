@@ -1,13 +1,15 @@
 """What the NBD server serves: an :class:`Export` is a disk with offsets, and a
 :class:`LunExport` is one LUN of a session behind it, every request turned into SCSI
-commands through :meth:`Session.execute` (held across session recovery, split at the
-target's maximum transfer) and every failure into the NBD error a client can act on.
+commands: started at once (:meth:`Session.start`) when one command carries it, else through
+:meth:`Session.execute` (held across session recovery, split at the target's maximum
+transfer); every failure becomes the NBD error a client can act on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -18,6 +20,7 @@ from pyiscsid.protocol.scsi import ScsiCommandError
 from pyiscsid.protocol.sense import SenseKey
 
 from . import nbd_protocol as wire
+from .driver import CommandResult, command_result
 
 # What Export.start returns: the future of the disk's answer, and the buffer of a read.
 Started = tuple["asyncio.Future[Any]", bytearray | None]
@@ -43,6 +46,13 @@ class NbdIOError(NbdRequestError):
     gave up after ``replacement_timeout``): unlike a client's mistake, worth a warning."""
 
 
+class Answered(enum.Enum):
+    """What a request :meth:`Export.start`\\ ed comes to, short of a final error."""
+
+    SERVED = "served"  # GOOD status, every byte moved: reply
+    RETRY = "retry"  # an outage, a timeout, a unit attention: serve it again the full way
+
+
 class Export(Protocol):
     """What the server serves. Offsets and lengths reaching these methods are already
     checked: inside the disk and multiples of ``block_size``. A failure is an
@@ -61,13 +71,16 @@ class Export(Protocol):
     ) -> Started | None:
         """Start a READ (``payload`` None) or a WRITE now, without a task of its own: the
         hot path, for most requests. Returns the future of the disk's answer, which
-        :meth:`succeeded` judges, and the buffer a read lands in; a request that did not
-        succeed is served again the full way (:meth:`read`, :meth:`write`), and so is one
-        for which this returns None (it cannot start now)."""
+        :meth:`judge` judges, and the buffer a read lands in; a request it sends back is
+        served again the full way (:meth:`read`, :meth:`write`), and so is one for which
+        this returns None (it cannot start now)."""
         ...
 
-    def succeeded(self, answer: asyncio.Future[Any]) -> bool:
-        """The request behind ``answer`` (from :meth:`start`) was served whole."""
+    def judge(
+        self, answer: asyncio.Future[Any], offset: int, writing: bool
+    ) -> Answered | NbdRequestError:
+        """What the request at ``offset`` behind ``answer`` (from :meth:`start`) comes to:
+        served, to be served again the full way, or failed for good with this error."""
         ...
 
     async def read(self, offset: int, length: int) -> bytes | bytearray | memoryview: ...
@@ -168,10 +181,7 @@ class LunExport:
         """One SCSI command; with ``whole``, a residual (the target moved less than asked)
         is an error, since NBD has no short reads or writes. UNMAP passes False: tgtd reports
         a residual for the parameter list's unused tail, with GOOD status."""
-        result = await self.session.execute(cdb, lun=self.lun, **command)
-        result.check()
-        if whole and result.residual_count:
-            raise ISCSIError(f"short transfer: {result.residual_count} bytes not moved")
+        _check(await self.session.execute(cdb, lun=self.lun, **command), whole)
 
     async def _all(
         self, what: str, offset: int, pieces: list[tuple[int, Coroutine[Any, Any, None]]]
@@ -214,14 +224,32 @@ class LunExport:
         answer = self.session.start(cdb, lun=self.lun, read_buffer=memoryview(buffer))
         return None if answer is None else (answer, buffer)
 
-    @staticmethod
-    def succeeded(answer: asyncio.Future[Any]) -> bool:
-        """GOOD status and every byte moved; a unit attention, an error or a residual is
-        for the full way to retry or explain."""
+    def judge(
+        self, answer: asyncio.Future[Any], offset: int, writing: bool
+    ) -> Answered | NbdRequestError:
+        """GOOD with every byte moved is served. An outage or a timeout (an exception) goes
+        the full way, which holds the request through recovery, and so does a unit
+        attention: the command was not executed (SAM-5 5.14), and Linux issues it again
+        (logged, as :meth:`IscsiConnection.execute` logs one). Any other status is final,
+        the error the full way would give: a medium error is not written twice."""
         if answer.cancelled() or answer.exception() is not None:
-            return False
+            return Answered.RETRY
         completed = answer.result()
-        return completed.status == _GOOD and not completed.residual_count
+        if completed.status == _GOOD and not completed.residual_count:
+            return Answered.SERVED
+        result = command_result(completed)
+        sense = result.sense
+        if sense is not None and sense.is_unit_attention:
+            if not sense.is_power_on_reset:
+                self.session.log.warning(
+                    "unit attention", lun=self.lun, sense=sense.code, reason=str(sense)
+                )
+            return Answered.RETRY
+        try:
+            _check(result, whole=True)
+        except ISCSIError as exc:
+            return _failed("WRITE" if writing else "READ", offset, exc, writing)
+        raise AssertionError("a GOOD answer without residual was served above")
 
     async def read(self, offset: int, length: int) -> bytearray:
         buffer = bytearray(length)
@@ -274,6 +302,14 @@ class LunExport:
                 await self._run(scsi.unmap(len(parameters)), whole=False, data_out=parameters)
             except ISCSIError as exc:
                 raise _failed("TRIM", offset + at, exc, writing=True) from exc
+
+
+def _check(result: CommandResult, whole: bool) -> None:
+    """Raise for a status other than GOOD; with ``whole``, for a residual too (the target
+    moved less than asked), since NBD has no short reads or writes."""
+    result.check()
+    if whole and result.residual_count:
+        raise ISCSIError(f"short transfer: {result.residual_count} bytes not moved")
 
 
 _ZEROS = [memoryview(b"")]

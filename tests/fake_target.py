@@ -647,6 +647,8 @@ class FakeConnection(asyncio.Protocol):
         if self._unit_attention and opcode not in _NO_UNIT_ATTENTION:
             self._unit_attention = False
             return _Reply.check(UNIT_ATTENTION, 0x29)  # POWER ON, RESET, OR BUS DEVICE RESET
+        if self.target.unit_attentions and opcode not in _NO_UNIT_ATTENTION:
+            return _Reply.check(UNIT_ATTENTION, *self.target.unit_attentions.pop(0))
         disk = self.target.disk
         blocks_total = len(disk) // BLOCK_SIZE
         match opcode:
@@ -743,6 +745,9 @@ class FakeTarget:
         # taken and never answered; functions in ``ignore_task_management`` get no answer.
         self.swallow: Callable[[bytes], bool] | None = None
         self.ignore_task_management: set[TaskManagementFunction] = set()
+        # (ASC, ASCQ) of unit attentions to report, one per command, in order: a capacity
+        # or mode parameters change, which tgtd cannot be made to report.
+        self.unit_attentions: list[tuple[int, int]] = []
         self.task_management: list[TaskManagementFunction] = []
         # ``reject`` returns a Reject reason for a CDB the target refuses (None: no Reject).
         self.reject: Callable[[bytes], int | None] | None = None

@@ -25,7 +25,7 @@ from pyiscsid.daemon import nbd
 from pyiscsid.daemon import nbd_protocol as wire
 from pyiscsid.daemon.busypoll import BusyPoll
 from pyiscsid.daemon.nbd import NbdClientInfo, NbdServer
-from pyiscsid.daemon.nbd_export import NbdIOError, Started
+from pyiscsid.daemon.nbd_export import Answered, NbdIOError, NbdRequestError, Started
 from pyiscsid.daemon.nbd_protocol import Command, Option, Reply, ReplyFlag, ReplyType
 from pyiscsid.daemon.nbd_protocol import TransmissionFlag as TF
 from pyiscsid.protocol.errors import ISCSIError
@@ -90,8 +90,12 @@ class MemoryExport:
         answer.set_result(not bad)
         return answer, buffer
 
-    def succeeded(self, answer: asyncio.Future[Any]) -> bool:
-        return not answer.cancelled() and answer.result() is True
+    def judge(
+        self, answer: asyncio.Future[Any], offset: int, writing: bool
+    ) -> Answered | NbdRequestError:
+        if answer.cancelled() or answer.result() is not True:
+            return Answered.RETRY
+        return Answered.SERVED
 
     async def read(self, offset: int, length: int) -> bytes:
         self._fail_inside("READ", offset, length)
@@ -607,6 +611,61 @@ async def test_busy_polling_reads_a_lone_client_s_next_request_after_its_reply(
         await server.close()
     assert out.count("read 4096/4096") == 40
     assert poll.hits >= 35 and poll.misses <= 2, (poll.hits, poll.misses)
+
+
+async def test_a_client_whose_export_left_is_not_polled_after_its_last_reply(
+    public_dir: Path,
+) -> None:
+    """Once its export is removed, a client's socket is no longer read (its reader is at
+    its end): busy polling for its next request would read bytes no one takes, or a
+    descriptor that already serves another connection."""
+    poll = BusyPoll(0.05)
+    disk = GatedExport(DISK)
+    server = NbdServer({DISK: disk}, busy_poll=poll)
+    await server.start_unix(public_dir / "poll.sock")
+    raw = await RawClient.connect(public_dir / "poll.sock")
+    try:
+        await raw.go()
+        raw.request(Command.READ, 0, 4 * KiB, cookie=1)
+        async with asyncio.timeout(TIMEOUT):
+            await disk.started.wait()
+        server.remove(DISK)
+        disk.gate.set()
+        error, _ = await raw.simple_reply(1, 4 * KiB)  # in-flight requests still reply
+        assert error == 0
+        await until(lambda: server.in_flight == 0)
+        assert (poll.hits, poll.misses) == (0, 0)
+    finally:
+        await raw.close()
+        await server.close()
+
+
+@dataclass
+class MisjudgingExport(MemoryExport):
+    """An export whose judgement of a started request fails: a bug, not a disk error."""
+
+    def judge(
+        self, answer: asyncio.Future[Any], offset: int, writing: bool
+    ) -> Answered | NbdRequestError:
+        raise RuntimeError("a bug in judge")
+
+
+async def test_a_bug_answering_a_started_request_does_not_hold_the_client(
+    public_dir: Path,
+) -> None:
+    """The request still leaves the client's count, so that its connection can end and the
+    server can close (it spun for ever waiting for a request already done)."""
+    disk = MisjudgingExport(DISK)
+    async with serving(public_dir, disk) as server:
+        raw = await RawClient.connect(public_dir / "limits.sock")
+        try:
+            await raw.go()
+            raw.request(Command.READ, 0, 4 * KiB, cookie=1)
+            await until(lambda: disk.served_fast == 1 and server.in_flight == 0)
+        finally:
+            await raw.close()
+        async with asyncio.timeout(TIMEOUT):
+            await server.close()
 
 
 # ------------------------------------------------------------ who is connected

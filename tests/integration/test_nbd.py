@@ -124,6 +124,25 @@ async def test_flush_write_zeroes_and_errors_via_qemu_io(served: Served) -> None
     # is covered by the raw-protocol test below.
 
 
+async def test_a_write_the_lun_refuses_fails_at_once_and_is_sent_once(served: Served) -> None:
+    """A LUN made read-only after its export was opened: the next write comes back DATA
+    PROTECT, which the client gets as EPERM; it is not sent to the target a second time
+    (only an outage, a timeout or a unit attention is worth another try)."""
+    disk = served.disk
+    await run("qemu-io", "-f", "raw", served.uri(), "-c", "write -P 0x11 0 4k")
+    disk.target.tgtadm(
+        "--op", "update", "--mode", "logicalunit", "--tid", str(disk.tid),
+        "--lun", str(disk.lun), "--params", "readonly=1",
+    )  # fmt: skip
+    sent = served.session.recovery.stats()["txdata_octets"]
+    code, out, err = await run_client(
+        "qemu-io", "-f", "raw", served.uri(), "-c", "write -P 0x22 0 4k", check=False
+    )
+    assert "Operation not permitted" in out + err, (code, out, err)
+    assert served.session.recovery.stats()["txdata_octets"] - sent == 4096
+    assert backing(disk, 0, 4096) == b"\x11" * 4096
+
+
 async def test_raw_protocol_errors(served: Served) -> None:
     """Requests no well-behaved client sends: beyond the end, unaligned, unknown command,
     and a garbage magic, which ends the connection without hurting the next client."""

@@ -10,6 +10,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from pyiscsid.daemon.busypoll import BusyPoll
 from pyiscsid.daemon.recovery import SessionState
 from pyiscsid.daemon.session import Session
 from pyiscsid.protocol import scsi
@@ -94,6 +95,29 @@ async def test_a_command_started_without_a_task_is_under_the_same_timeout(
         await session.recovery.wait_for(SessionState.FAILED, SessionState.REOPEN, timeout=10)
         assert session.start(scsi.write10(LBA, 1), lun=target.lun, data_out=bytes(512)) is None
         await write_through(session, target)  # held until the relogin
+    finally:
+        await session.logout()
+
+
+async def test_a_started_command_whose_caller_left_is_forgotten_at_its_timeout(
+    target: FakeTarget,
+) -> None:
+    """An NBD client dropped while its command was out cancels the command's answer. If
+    the target never answers, the command is forgotten at its timeout: no longer in flight
+    (busy polling counts on that), and not aborted, since no one waits for its outcome."""
+    poll = BusyPoll(0.001)
+    session = make_session(INITIATOR, target, busy_poll=poll, command_timeout=TIMEOUT)
+    await session.login()
+    try:
+        target.swallow = swallow_first_write_to(LBA)  # type: ignore[assignment]
+        answer = session.start(scsi.write10(LBA, 1), lun=target.lun, data_out=bytes(512))
+        assert answer is not None and poll.outstanding == 1
+        answer.cancel()
+        async with asyncio.timeout(5 * TIMEOUT):
+            while poll.outstanding:
+                await asyncio.sleep(TIMEOUT / 20)
+        assert target.task_management == []
+        await write_through(session, target)  # the session goes on
     finally:
         await session.logout()
 
