@@ -65,6 +65,9 @@ _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 _WRITING = frozenset({Command.WRITE, Command.WRITE_ZEROES, Command.TRIM})
 _PAYLOAD = frozenset({Command.READ, Command.WRITE})  # the commands that carry data
 _FUA = int(CommandFlag.FUA)  # an int: ``int & IntFlag`` runs Flag.__and__ in Python
+# A request as read: export, flags, kind, cookie, offset, length, the payload of a write, and
+# its bytes taken from the budgets. A plain tuple: one is made per request.
+_Request = tuple[Export, int, int, int, int, int, memoryview | None, int]
 
 
 @dataclass(frozen=True)
@@ -451,8 +454,8 @@ class _Client:
                         return
                     request = (export, flags, kind, cookie, offset, length, payload, taken)
                     taken = 0
-                    if not (kind in _PAYLOAD and length and self._start(*request)):
-                        self._spawn(*request)
+                    if not (kind in _PAYLOAD and length and self._start(request)):
+                        self._spawn(request)
                 del pending[:used]
                 if len(self.requests) >= MAX_IN_FLIGHT:
                     self._room.clear()
@@ -479,7 +482,7 @@ class _Client:
                 except TimeoutError:  # a client that stopped reading: its replies go
                     self.writer.transport.abort()
 
-    def _spawn(self, *request: Any) -> None:
+    def _spawn(self, request: _Request) -> None:
         """Serve a request by a task of its own (:meth:`_handle`): the full way, which holds
         it through session recovery and answers errors."""
         # loop.create_task: asyncio.create_task asks for the running loop, a getpid()
@@ -488,19 +491,10 @@ class _Client:
         self.requests.add(task)
         task.add_done_callback(self._finished)
 
-    def _start(
-        self,
-        export: Export,
-        flags: int,
-        kind: int,
-        cookie: int,
-        offset: int,
-        length: int,
-        payload: memoryview | None,
-        charge: int,
-    ) -> bool:
+    def _start(self, request: _Request) -> bool:
         """Start a valid READ or WRITE without a task, if the export can start it now (most
         requests: see :meth:`Export.start`); False leaves it to :meth:`_spawn`."""
+        export, flags, kind, _, offset, length, payload, _ = request
         try:
             self._check(export, kind, offset, length)
         except NbdRequestError:
@@ -510,29 +504,16 @@ class _Client:
             return False
         answer, data = started
         self.requests.add(answer)
-        answer.add_done_callback(
-            functools.partial(
-                self._answered, export, flags, kind, cookie, offset, length, payload, charge, data
-            )
-        )
+        answer.add_done_callback(functools.partial(self._answered, request, data))
         return True
 
     def _answered(
-        self,
-        export: Export,
-        flags: int,
-        kind: int,
-        cookie: int,
-        offset: int,
-        length: int,
-        payload: memoryview | None,
-        charge: int,
-        data: bytearray | None,
-        answer: asyncio.Future[Any],
+        self, request: _Request, data: bytearray | None, answer: asyncio.Future[Any]
     ) -> None:
         """The disk answered a request :meth:`_start`\\ ed: reply, fail it, or send it the
         full way once more (an outage, a timeout: see :meth:`Export.judge`), which holds
         it through recovery, as the SCSI layer retries such a command."""
+        export, _, kind, cookie, offset, length, _, charge = request
         try:
             if answer.cancelled() or self._dropped:
                 self._give(charge)
@@ -541,7 +522,7 @@ class _Client:
             if verdict is Answered.SERVED:
                 self._served(kind, cookie, offset, data if data is not None else b"", charge)
             elif verdict is Answered.RETRY:
-                self._spawn(export, flags, kind, cookie, offset, length, payload, charge)
+                self._spawn(request)
             else:
                 self._fail(export, kind, offset, length, cookie, verdict, charge)
         finally:
