@@ -40,6 +40,7 @@ class View(Enum):
 
     DISCOVERY_TARGETS = "discovery targets"  # IP:PORT,TPGT IQN (+ login lines with -l)
     DISCOVERY_RECORDS = "discovery records"  # IP:PORT via sendtargets
+    DISCOVERY_DELETE = "discovery delete"  # silent
     NODE_LIST = "node list"  # IP:PORT,TPGT IQN
     NODE_TREE = "node tree"  # -m node -P 1
     NODE_RECORDS = "node records"  # # BEGIN RECORD ... # END RECORD
@@ -100,7 +101,7 @@ _FLAG = {
 }
 
 _ALLOWED = {
-    "discovery": {"type", "portal", "login", "print_level"},
+    "discovery": {"type", "portal", "login", "print_level", "op"},
     "node": {
         "targetname",
         "portal",
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "synopsis:\n"
             "  pyiscsiadm -m discovery [-t st -p IP[:PORT] [-l]]\n"
+            "  pyiscsiadm -m discovery -p IP[:PORT] -o delete\n"
             "  pyiscsiadm -m node [-P 0|1] [-T IQN] [-p IP[:PORT]]\n"
             "                     [-l | -u | -o new|delete|update|show [-n KEY -v VALUE] [-S]]\n"
             "  pyiscsiadm -m node -L all|automatic | -U all\n"
@@ -293,6 +295,8 @@ def parse(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Invo
 def _discovery(ns: argparse.Namespace, common: dict[str, Any]) -> Invocation:
     if ns.print_level:
         raise UsageError("-P is not supported with -m discovery (only the flat listing)")
+    if ns.op is not None:
+        return _discovery_record(ns, common)
     if ns.type is None and ns.portal is None:
         if ns.login:
             raise UsageError("-m discovery -l needs -t st -p IP[:PORT]")
@@ -303,6 +307,34 @@ def _discovery(ns: argparse.Namespace, common: dict[str, Any]) -> Invocation:
         raise UsageError("-m discovery -t st needs the portal to ask: -p IP[:PORT]")
     args = {"portal": ns.portal, "login": bool(ns.login)}
     return Invocation(op="discovery.sendtargets", args=args, view=View.DISCOVERY_TARGETS, **common)
+
+
+def _discovery_record(ns: argparse.Namespace, common: dict[str, Any]) -> Invocation:
+    """``-o delete`` removes a discovery record and the nodes it found, as iscsiadm;
+    ``-o show`` lists the records. A record holds no settings of its own to show or
+    update: discovery's are the ``discovery.*`` keys of pyiscsid.conf."""
+    if ns.login:
+        raise UsageError(f"-l cannot be used with -o {ns.op}")
+    if ns.type is not None:
+        # iscsiadm's -t st -o new|delete|update discovers and then changes only the records
+        # concerned (delete: the targets no longer offered): a different command.
+        raise UsageError(
+            f"-t {ns.type} with -o {ns.op} is not supported: -m discovery -t st -p IP[:PORT] "
+            "records the targets offered; -m discovery -p IP[:PORT] -o delete removes a "
+            "discovery record with every node it found"
+        )
+    if ns.op == "delete":
+        if ns.portal is None:
+            raise UsageError("-m discovery -o delete needs the record's portal: -p IP[:PORT]")
+        args = {"portal": ns.portal}
+        return Invocation(op="discovery.delete", args=args, view=View.DISCOVERY_DELETE, **common)
+    if ns.op == "show" and ns.portal is None:
+        return Invocation(op="discovery.list", args={}, view=View.DISCOVERY_RECORDS, **common)
+    raise UsageError(
+        f"-m discovery -o {ns.op}{' -p' if ns.portal else ''} is not supported: discovery "
+        "settings are the discovery.* keys of pyiscsid.conf, not per record; "
+        "-o delete -p IP[:PORT] removes a record, -o show lists them"
+    )
 
 
 def _filters(ns: argparse.Namespace) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def render(invocation: Invocation, result: Mapping[str, Any]) -> Output:
             return output.node_new(result)
         case View.NODE_UPDATE:
             return output.node_changed(result, "updated")
-        case View.NODE_DELETE:
+        case View.NODE_DELETE | View.DISCOVERY_DELETE:
             return output.node_changed(result, "deleted")
         case View.LOGIN:
             return output.logins(result)

@@ -243,6 +243,11 @@ OPERATIONS: Mapping[str, Operation] = {
         "records discovered targets in the node database",
     ),
     "discovery.list": Operation(True, {}),
+    "discovery.delete": Operation(
+        False,
+        {"portal": Arg(str, required=True)},
+        "removes discovery records and the nodes they found from the node database",
+    ),
     "node.list": Operation(True, {}),
     "node.show": Operation(True, {**_FILTERS, "secrets": Arg(bool)}),
     "node.new": Operation(

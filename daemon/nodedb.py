@@ -552,6 +552,20 @@ class NodeDB:
                 count += 1
         return count
 
+    def discovered_by(self, record: DiscoveryRecord) -> list[NodeRecord]:
+        """The nodes that SendTargets at ``record``'s portal found (and recorded)."""
+        where = (record.address, record.port)
+        with self._lock:
+            return sorted(
+                (
+                    n
+                    for n in self._nodes.values()
+                    if n.discovery_type == "send_targets"
+                    and (n.discovery_address, n.discovery_port) == where
+                ),
+                key=lambda n: n.key,
+            )
+
     def delete_discovery(
         self, records: Sequence[DiscoveryRecord], *, with_nodes: bool = False
     ) -> int:
@@ -568,14 +582,7 @@ class NodeDB:
                 if where not in self._discovery:
                     continue
                 if with_nodes:
-                    self.delete(
-                        [
-                            n
-                            for n in self._nodes.values()
-                            if n.discovery_type == "send_targets"
-                            and (n.discovery_address, n.discovery_port) == where
-                        ]
-                    )
+                    self.delete(self.discovered_by(record))
                 _remove(self._discovery_path(record), stop=self.state_dir / SEND_TARGETS)
                 del self._discovery[where]
                 count += 1

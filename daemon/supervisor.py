@@ -235,6 +235,7 @@ class Supervisor:
             "status": self._status,
             "discovery.sendtargets": self._discover,
             "discovery.list": self._discovery_list,
+            "discovery.delete": self._discovery_delete,
             "node.list": self._node_list,
             "node.show": self._node_show,
             "node.new": self._node_new,
@@ -377,6 +378,24 @@ class Supervisor:
 
     async def _node_delete(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         records = self._records(args)
+        self._check_unused(records)
+        return {"deleted": self.nodedb.delete(records)}
+
+    async def _discovery_delete(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """``-m discovery -p IP -o delete``: as iscsiadm, the discovery record goes with
+        the nodes it found; none of them may be in use (log them out first)."""
+        records = self.nodedb.discovery_records(args["portal"], must_match=True)
+        nodes = [node for record in records for node in self.nodedb.discovered_by(record)]
+        self._check_unused(nodes)
+        deleted = self.nodedb.delete_discovery(records, with_nodes=True)
+        self.log.info(
+            "discovery records deleted", portal=args["portal"], records=deleted, nodes=len(nodes)
+        )
+        return {"deleted": deleted, "nodes": len(nodes)}
+
+    def _check_unused(self, records: list[NodeRecord]) -> None:
+        """SessionExists unless every node in ``records`` is free to delete: no session
+        uses it and no login or logout of it is under way."""
         for record in records:
             if (record.target, record.portal) in self._busy:
                 raise SessionExists(
@@ -389,7 +408,6 @@ class Supervisor:
                         f"session [sid: {session.sid}] uses [target: {record.target}, portal: "
                         f"{record.portal}]: log it out first, then delete the record"
                     )
-        return {"deleted": self.nodedb.delete(records)}
 
     # ------------------------------------------------------------- logins
 

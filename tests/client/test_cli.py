@@ -51,6 +51,14 @@ def test_discovery_list() -> None:
     assert (inv.op, inv.args, inv.view) == ("discovery.list", {}, View.DISCOVERY_RECORDS)
 
 
+def test_discovery_delete_and_show() -> None:
+    inv = p("-m", "discovery", "-p", "10.0.0.1:3261", "-o", "delete")
+    assert (inv.op, inv.args) == ("discovery.delete", {"portal": "10.0.0.1:3261"})
+    assert inv.view is View.DISCOVERY_DELETE
+    inv = p("-m", "discovery", "-o", "show")
+    assert (inv.op, inv.args, inv.view) == ("discovery.list", {}, View.DISCOVERY_RECORDS)
+
+
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
@@ -60,7 +68,11 @@ def test_discovery_list() -> None:
         (["-m", "discovery", "-t", "isns", "-p", "127.0.0.1"], "invalid choice: 'isns'"),
         (["-m", "discovery", "-T", IQN], "-T is not valid with -m discovery"),
         (["-m", "discovery", "-u"], "-u is not valid with -m discovery"),
-        (["-m", "discovery", "-o", "show"], "-o is not valid with -m discovery"),
+        (["-m", "discovery", "-o", "delete"], "needs the record's portal: -p IP[:PORT]"),
+        (["-m", "discovery", "-p", "127.0.0.1", "-o", "show"], "discovery.* keys"),
+        (["-m", "discovery", "-o", "update"], "not supported"),
+        (["-m", "discovery", "-t", "st", "-p", "127.0.0.1", "-o", "delete"], "-t st with -o"),
+        (["-m", "discovery", "-p", "127.0.0.1", "-o", "delete", "-l"], "-l cannot be used"),
         (["-m", "session", "-P", "3", "-S"], "-S is not valid with -m session"),
         (["-m", "discovery", "-P", "1"], "-P is not supported with -m discovery"),
     ],

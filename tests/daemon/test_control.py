@@ -358,6 +358,7 @@ def test_every_operation_of_the_readme_is_in_the_table() -> None:
         "status",
         "discovery.sendtargets",
         "discovery.list",
+        "discovery.delete",
         "node.list",
         "node.show",
         "node.new",

@@ -251,6 +251,28 @@ def test_discovery_with_login_then_login_all_and_logout_all(
     assert len(daemon.client("-m", "session").lines) == 1
 
 
+def test_discovery_delete_removes_the_record_and_its_nodes_unless_one_is_in_use(
+    two_targets: TgtDisk, daemon: Daemon
+) -> None:
+    tgt, portal = two_targets, portal_of(two_targets)
+    assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
+    assert daemon.client("-m", "node", "-T", DISK2, "-p", portal, "--login").returncode == 0
+    refused = daemon.client("-m", "discovery", "-p", portal, "-o", "delete")
+    assert refused.returncode == 15, refused.stdout + refused.stderr  # a session exists
+    assert DISK2 in refused.stderr and "log it out first" in refused.stderr
+    assert len(daemon.client("-m", "node").lines) == 2  # nothing was deleted
+    assert daemon.client("-m", "discovery").lines == [f"{portal} via sendtargets"]
+
+    assert daemon.client("-m", "node", "-T", DISK2, "-p", portal, "--logout").returncode == 0
+    deleted = daemon.client("-m", "discovery", "-p", portal, "-o", "delete")
+    assert deleted.returncode == 0 and deleted.lines == [], deleted.stdout + deleted.stderr
+    assert daemon.client("-m", "discovery").returncode == 21
+    assert daemon.client("-m", "node").returncode == 21
+    again = daemon.client("-m", "discovery", "-p", portal, "-o", "delete")
+    assert again.returncode == 21, again.stdout + again.stderr  # no such record
+    assert len(tgt.target.sessions(2)) == 0
+
+
 def test_sigterm_logs_out_of_every_session_then_exits(two_targets: TgtDisk, daemon: Daemon) -> None:
     tgt, portal = two_targets, portal_of(two_targets)
     assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
