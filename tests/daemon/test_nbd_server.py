@@ -169,6 +169,18 @@ class RawClient:
         writer.write(struct.pack(">I", wire.ClientFlag.FIXED_NEWSTYLE | wire.ClientFlag.NO_ZEROES))
         return cls(reader, writer)
 
+    @classmethod
+    async def reading(cls, path: Path) -> RawClient:
+        """A client in transmission that has sent a 4 KiB read at offset 0 (cookie 1)."""
+        raw = await cls.connect(path)
+        try:
+            await raw.go()
+        except BaseException:
+            raw.writer.transport.abort()
+            raise
+        raw.request(Command.READ, 0, 4 * KiB, cookie=1)
+        return raw
+
     async def option(self, option: int, data: bytes = b"") -> list[tuple[int, bytes]]:
         """Send one option; every reply to it, through the final ACK or error."""
         self.writer.write(wire.OPTION_HEADER.pack(wire.IHAVEOPT, option, len(data)) + data)
@@ -508,10 +520,8 @@ class StuckExport(MemoryExport):
 async def test_close_cancels_started_requests(public_dir: Path) -> None:
     disk = StuckExport(DISK)
     async with serving(public_dir, disk) as server:
-        raw = await RawClient.connect(public_dir / "limits.sock")
+        raw = await RawClient.reading(public_dir / "limits.sock")
         try:
-            await raw.go()
-            raw.request(Command.READ, 0, 4 * KiB, cookie=1)
             await until(lambda: server.in_flight == 1)
             async with asyncio.timeout(TIMEOUT):
                 await server.close()
@@ -529,10 +539,8 @@ async def test_a_started_request_answered_as_its_client_is_dropped_stays_dropped
     async with serving(public_dir, disk) as server:
         closing: list[asyncio.Future[None]] = []
         disk.on_start = lambda: closing.append(asyncio.ensure_future(server.close()))
-        raw = await RawClient.connect(public_dir / "limits.sock")
+        raw = await RawClient.reading(public_dir / "limits.sock")
         try:
-            await raw.go()
-            raw.request(Command.READ, 0, 4 * KiB, cookie=1)
             await until(lambda: bool(closing))
             async with asyncio.timeout(TIMEOUT):
                 await closing[0]
@@ -623,10 +631,8 @@ async def test_a_client_whose_export_left_is_not_polled_after_its_last_reply(
     disk = GatedExport(DISK)
     server = NbdServer({DISK: disk}, busy_poll=poll)
     await server.start_unix(public_dir / "poll.sock")
-    raw = await RawClient.connect(public_dir / "poll.sock")
+    raw = await RawClient.reading(public_dir / "poll.sock")
     try:
-        await raw.go()
-        raw.request(Command.READ, 0, 4 * KiB, cookie=1)
         async with asyncio.timeout(TIMEOUT):
             await disk.started.wait()
         server.remove(DISK)
@@ -657,10 +663,8 @@ async def test_a_bug_answering_a_started_request_does_not_hold_the_client(
     server can close (it spun for ever waiting for a request already done)."""
     disk = MisjudgingExport(DISK)
     async with serving(public_dir, disk) as server:
-        raw = await RawClient.connect(public_dir / "limits.sock")
+        raw = await RawClient.reading(public_dir / "limits.sock")
         try:
-            await raw.go()
-            raw.request(Command.READ, 0, 4 * KiB, cookie=1)
             await until(lambda: disk.served_fast == 1 and server.in_flight == 0)
         finally:
             await raw.close()
