@@ -54,7 +54,7 @@ class View(Enum):
     SESSION_STATS = "session stats"  # -m session -s: Stats for session [...] / iSCSI SNMP:
     FIRMWARE = "firmware"  # -m fw: # BEGIN RECORD ... iface.* / node.* per iBFT target
     FIRMWARE_LOGIN = "firmware login"  # -m fw -l: the table's problems, then login lines
-    RESCAN = "rescan"  # -R: answered locally, pyiscsid has no rescan operation yet
+    RESCAN = "rescan"  # -R: Rescanning session [...] per session
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Invocation:
     ``op`` is None for the commands answered without the daemon (``-R``).
     """
 
-    op: str | None
+    op: str
     args: dict[str, Any]
     view: View
     socket_path: str
@@ -394,7 +394,7 @@ def _node(ns: argparse.Namespace, common: dict[str, Any]) -> Invocation:
     if action == "-U":
         return Invocation(op="node.logout", args={"all": ns.logoutall}, view=View.LOGOUT, **common)
     if action == "-R":
-        return Invocation(op=None, args=filters, view=View.RESCAN, **common)
+        return Invocation(op="session.rescan", args=filters, view=View.RESCAN, **common)
     if ns.op == "new":
         if ns.targetname is None or ns.portal is None:
             raise UsageError("-o new needs both -T IQN and -p IP[:PORT]")
@@ -430,7 +430,7 @@ def _session(ns: argparse.Namespace, common: dict[str, Any]) -> Invocation:
         return Invocation(op="session.logout", args={"sid": ns.sid}, view=View.LOGOUT, **common)
     if ns.rescan:
         args = {} if ns.sid is None else {"sid": ns.sid}
-        return Invocation(op=None, args=args, view=View.RESCAN, **common)
+        return Invocation(op="session.rescan", args=args, view=View.RESCAN, **common)
     level = ns.print_level or 0
     if ns.stats:
         if level:

@@ -55,14 +55,12 @@ def render(invocation: Invocation, result: Mapping[str, Any]) -> Output:
         case View.FIRMWARE_LOGIN:
             return firmware_output.firmware_logins(result)
         case View.RESCAN:
-            return output.error(invocation.view, output.local_error(invocation.view))
+            return output.rescans(result)
 
 
 def execute(invocation: Invocation) -> Output:
     """Run one parsed command against the daemon; every failure is already in the Output."""
     try:
-        if invocation.op is None:
-            raise output.local_error(invocation.view)
         result = call(
             invocation.op,
             invocation.args,

@@ -362,16 +362,28 @@ def logouts(result: Mapping[str, Any]) -> Output:
     return output
 
 
-# -- commands answered without the daemon, errors, JSON --------------------------------
+def rescans(result: Mapping[str, Any]) -> Output:
+    """``-R``: iscsiadm's ``Rescanning session [...]`` per session; then, ours, a line per
+    LUN added or resized, and the reason of a session that could not be rescanned."""
+    output = Output()
+    entries = items(result, "rescans")
+    if not entries:
+        none_found(output, NO_MATCHING_SESSIONS)
+        return output
+    for entry in entries:
+        output.out(f"Rescanning session {_session_tag(entry)}")
+        if not entry.get("ok"):
+            output.err(f"Could not rescan session {_session_tag(entry)}.")
+            output.fail(_reported_error(output, entry.get("error", "error")))
+            continue
+        for lun in entry.get("added", []):
+            output.out(f"LUN {lun}: added")
+        for change in entry.get("resized", []):
+            output.out(f"LUN {change['lun']}: {change['was']} -> {change['size']} bytes")
+    return output
 
 
-def local_error(view: View) -> ClientError:
-    """The error for a command pyiscsiadm answers itself (``-R``)."""
-    return ClientError(
-        ExitCode.OP_NOT_SUPP,
-        "rescan is not supported: pyiscsid reads a session's LUNs when it logs in",
-        "not_supported",
-    )
+# -- errors, JSON ----------------------------------------------------------------------
 
 
 def error(view: View, failure: ClientError) -> Output:

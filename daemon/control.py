@@ -276,6 +276,9 @@ OPERATIONS: Mapping[str, Operation] = {
     "session.list": Operation(True, {}),
     "session.show": Operation(True, {"sid": Arg(int)}),
     "session.logout": Operation(False, {"sid": Arg(int, required=True)}, "logs out"),
+    "session.rescan": Operation(
+        False, {"sid": Arg(int), **_FILTERS}, "scans sessions for new and resized LUNs"
+    ),
     "fw.show": Operation(True, {}),
     "fw.login": Operation(
         False, {}, "records the firmware's boot targets as onboot nodes and logs in"

@@ -8,7 +8,7 @@ import functools
 import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import structlog
@@ -75,6 +75,15 @@ class LunInfo:
             "revision": self.revision,
             "device_type": self.device_type,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Rescanned:
+    """What a rescan (``iscsiadm -R``) found: LUNs the target added since the login, and
+    LUNs whose capacity changed, as (LUN, bytes before, bytes now)."""
+
+    added: tuple[LunInfo, ...] = ()
+    resized: tuple[tuple[int, int, int], ...] = ()
 
 
 class LunFailed(ISCSIError):
@@ -327,6 +336,48 @@ class Session:
                 continue
             if lun is not None:
                 self.luns.append(lun)
+
+    async def rescan(self) -> Rescanned:
+        """``iscsiadm -R``: the LUNs the target reports now that the session does not know
+        are scanned (the caller serves them), and the capacity of the known disks is read
+        again (one grown on the target). A LUN the target no longer reports is left as it
+        is, as Linux's rescan leaves its device; one whose block size changed is not
+        resized but named, since only a new login reads it afresh. Commands are bounded as
+        at login; an error that is not one LUN's (REPORT LUNS failed) raises."""
+        execute = self._bounded(self.execute)
+        report = await execute(scsi.report_luns(), lun=0, read_length=4096)
+        numbers = scsi.parse_report_luns(report.check().data)
+        known = {lun.lun: index for index, lun in enumerate(self.luns)}
+        added: list[LunInfo] = []
+        resized: list[tuple[int, int, int]] = []
+        for number in numbers:
+            index = known.get(number)
+            try:
+                if index is None:
+                    lun = await self._scan_lun(execute, number)
+                    if lun is not None and all(other.lun != number for other in self.luns):
+                        self.luns.append(lun)  # (unless a rescan beside this one added it)
+                        added.append(lun)
+                    continue
+                lun = self.luns[index]
+                if lun.device_type != 0:
+                    continue
+                answer = await execute(scsi.read_capacity16(), lun=number, read_length=32)
+                capacity = scsi.parse_read_capacity16(answer.check().data)
+            except ISCSIError as exc:
+                self.log.warning("LUN not rescanned", lun=number, reason=str(exc))
+                continue
+            if capacity.block_size != lun.block_size and lun.block_size:
+                self.log.warning(
+                    "LUN block size changed: log out and in again to use it", lun=number,
+                    was=lun.block_size, now=capacity.block_size,
+                )  # fmt: skip
+            elif capacity.size_bytes != lun.size:
+                self.luns[index] = replace(
+                    lun, size=capacity.size_bytes, block_size=capacity.block_size
+                )
+                resized.append((number, lun.size, capacity.size_bytes))
+        return Rescanned(tuple(added), tuple(resized))
 
     def _scan_stopped(self, left: list[int], error: ISCSIError | None = None) -> bool:
         """Whether the session is down, so that the scan must stop; said once, with the LUNs

@@ -44,7 +44,7 @@ from .nbd import NbdServer
 from .nbd_export import LunExport
 from .nodedb import NodeDB, NodeExists, NodeRecord, target_name_problem
 from .recovery import SessionState
-from .session import Session
+from .session import LunInfo, Session
 from .settings import InvalidSetting
 from .shutdown import ONBOOT, root_sessions
 
@@ -246,6 +246,7 @@ class Supervisor:
             "session.list": self._session_list,
             "session.show": self._session_show,
             "session.logout": self._session_logout,
+            "session.rescan": self._session_rescan,
             "fw.show": self._fw_show,
             "fw.login": self._fw_login,
         }
@@ -441,7 +442,7 @@ class Supervisor:
                     )  # fmt: skip
                     await asyncio.sleep(min(2.0 * attempt, 10.0))
             self.sessions[session.sid] = session
-            await self._export(session)
+            await self._export(session, session.luns)
             self.log.info(
                 "logged in", ISCSI_TARGET=record.target, ISCSI_PORTAL=record.portal,
                 ISCSI_SID=session.sid, ISCSI_EVENT="login", luns=len(session.luns),
@@ -537,11 +538,11 @@ class Supervisor:
 
     # ------------------------------------------------------------- logouts
 
-    async def _export(self, session: Session) -> None:
-        """Serve each disk LUN of a new session over NBD as ``<target-iqn>/<lun>``."""
+    async def _export(self, session: Session, luns: Iterable[LunInfo]) -> None:
+        """Serve each disk among ``luns`` of ``session`` over NBD as ``<target-iqn>/<lun>``."""
         if self.nbd is None:
             return
-        for lun in session.luns:
+        for lun in luns:
             if lun.device_type != 0 or lun.size <= 0:
                 continue
             try:
@@ -662,6 +663,61 @@ class Supervisor:
         if self.nbd is not None and self.nbd.unix_path is not None:
             result["nbd_socket"] = self.nbd.unix_path  # for the nbd-client line of -P 3
         return result
+
+    async def _session_rescan(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
+        """``iscsiadm -R`` (``-m session [-r SID]``, ``-m node [-T IQN] [-p IP]``): LUNs added
+        on the target are scanned and served, and grown or shrunk disks take their new size
+        (for NBD clients that connect from now on: NBD has no way to tell a connected one)."""
+        if args.get("sid") is not None:
+            sessions = [self._session_by_sid(args)]
+        elif args.get("target") is not None or args.get("portal") is not None:
+            wanted = {(r.target, r.portal) for r in self._records(args)}
+            sessions = [
+                s for s in self._sorted_sessions() if (s.target, s.portal.address_port) in wanted
+            ]
+        else:
+            sessions = self._sorted_sessions()
+        if not sessions:
+            raise NoRecords("no matching sessions found")
+        return {"rescans": [await self._rescan(session) for session in sessions]}
+
+    async def _rescan(self, session: Session) -> dict[str, Any]:
+        entry: dict[str, Any] = {**session.summary(), "ok": False}
+        if session.state is not SessionState.LOGGED_IN:
+            entry["error"] = {
+                "code": "error",
+                "message": f"the session is {session.state.value}: rescan it once it is logged in",
+            }
+            return entry
+        try:
+            found = await session.rescan()
+        except ISCSIError as exc:
+            entry["error"] = {"code": "error", "message": str(exc)}
+            return entry
+        if self.sessions.get(session.sid) is not session:  # logged out meanwhile
+            entry["error"] = {"code": "error", "message": "the session was logged out"}
+            return entry
+        await self._export(session, found.added)
+        for number, was, now in found.resized:
+            name = session.exports.get(number)
+            export = self.nbd.exports.get(name) if self.nbd is not None and name else None
+            if isinstance(export, LunExport):
+                export.size = now
+            self.log.info(
+                "lun resized", lun=number, was=was, now=now, ISCSI_TARGET=session.target,
+                ISCSI_SID=session.sid, ISCSI_EVENT="lun_resized",
+            )  # fmt: skip
+        for lun in found.added:
+            self.log.info(
+                "lun added", lun=lun.lun, size=lun.size, ISCSI_TARGET=session.target,
+                ISCSI_SID=session.sid, ISCSI_EVENT="lun_added",
+            )  # fmt: skip
+        entry.update(
+            ok=True,
+            added=[lun.lun for lun in found.added],
+            resized=[{"lun": n, "was": was, "size": now} for n, was, now in found.resized],
+        )
+        return entry
 
     async def _session_logout(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         session = self._session_by_sid(args)

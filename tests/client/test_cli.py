@@ -277,9 +277,9 @@ def test_iface_default_is_accepted() -> None:
     assert inv.op == "node.login"
 
 
-def test_node_rescan_is_answered_locally() -> None:
+def test_node_rescan_asks_for_the_node_s_sessions() -> None:
     inv = p("-m", "node", "-T", IQN, "-R")
-    assert inv.op is None and inv.view is View.RESCAN
+    assert (inv.op, inv.args, inv.view) == ("session.rescan", {"target": IQN}, View.RESCAN)
 
 
 # -- session ---------------------------------------------------------------------------
@@ -318,9 +318,10 @@ def test_session_logout_without_sid_logs_out_of_everything() -> None:
     assert (inv.op, inv.args, inv.view) == ("node.logout", {"all": "all"}, View.LOGOUT)
 
 
-def test_session_rescan_is_answered_locally() -> None:
+def test_session_rescan() -> None:
     inv = p("-m", "session", "-r", "1", "-R")
-    assert inv.op is None and inv.view is View.RESCAN
+    assert (inv.op, inv.args, inv.view) == ("session.rescan", {"sid": 1}, View.RESCAN)
+    assert p("-m", "session", "-R").args == {}
 
 
 @pytest.mark.parametrize(

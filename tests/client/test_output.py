@@ -23,7 +23,7 @@ import pytest
 from pyiscsid.client import output
 from pyiscsid.client.cli import View, parse
 from pyiscsid.client.errors import CODE_TO_EXIT, ERROR_TEXT, ClientError, ExitCode, exit_for
-from pyiscsid.client.main import execute, render, run
+from pyiscsid.client.main import render, run
 from pyiscsid.client.session_info import human_size, session_tree
 from pyiscsid.client.transport import MAX_REPLY_BYTES, call
 
@@ -669,10 +669,25 @@ def test_update_and_delete_render_nothing() -> None:
     assert render(parse(["-m", "node", "-o", "delete"], {}), {"deleted": 3}).lines == []
 
 
-def test_rescan_is_answered_without_the_daemon() -> None:
-    rescan = execute(parse(["-m", "session", "-R", "--socket", "/nonexistent/sock"], {}))
-    assert rescan.exit_code == ExitCode.OP_NOT_SUPP
-    assert rescan.stderr[0].startswith("pyiscsiadm: rescan is not supported")
+def test_rescan_lines_and_a_session_that_could_not_be_rescanned() -> None:
+    session = {"target": IQN1, "portal": "127.0.0.1:3260", "tpgt": 1}
+    result = {
+        "rescans": [
+            {**session, "sid": 1, "ok": True, "added": [2],
+             "resized": [{"lun": 1, "was": 1048576, "size": 2097152}]},
+            {**session, "sid": 2, "ok": False,
+             "error": {"code": "error", "message": "the session is failed: rescan it later"}},
+        ]
+    }  # fmt: skip
+    out = render(parse(["-m", "session", "-R"], {}), result)
+    assert out.stdout == [
+        f"Rescanning session [sid: 1, target: {IQN1}, portal: 127.0.0.1,3260]",
+        "LUN 2: added",
+        "LUN 1: 1048576 -> 2097152 bytes",
+        f"Rescanning session [sid: 2, target: {IQN1}, portal: 127.0.0.1,3260]",
+    ]
+    assert "pyiscsiadm: the session is failed: rescan it later" in out.stderr
+    assert out.exit_code == 1
 
 
 @pytest.mark.parametrize(

@@ -369,6 +369,7 @@ def test_every_operation_of_the_readme_is_in_the_table() -> None:
         "session.list",
         "session.show",
         "session.logout",
+        "session.rescan",
         "fw.show",
         "fw.login",
     }

@@ -366,6 +366,38 @@ def test_a_logged_in_lun_is_served_over_nbd_until_logout(tgt: TgtDisk, daemon: D
     assert gone.returncode == 0 and json.loads(gone.stdout)["exports"] == []
 
 
+def test_rescan_serves_a_lun_added_on_the_target(
+    tgt: TgtDisk, daemon: Daemon, tmp_path: Path
+) -> None:
+    """iscsiadm -m session -R: a LUN added to the target after the login is scanned and
+    served over NBD; -m node -T -p -R rescans that node's session, finding nothing new."""
+    portal = portal_of(tgt)
+    assert daemon.client("-m", "discovery", "-t", "st", "-p", portal).returncode == 0
+    assert daemon.client("-m", "node", "--login").returncode == 0
+    extra = tmp_path / "lun2.img"
+    with open(extra, "wb") as file:
+        file.truncate(8 << 20)
+    tgt.target.add_lun(tgt.tid, 2, extra)
+
+    rescan = daemon.client("-m", "session", "-R")
+    assert rescan.returncode == 0, rescan.stdout + rescan.stderr
+    sid = daemon.client("-m", "session", "--format", "json").json()["sessions"][0]["sid"]
+    tag = f"[sid: {sid}, target: {tgt.iqn}, portal: {iscsiadm_portal(tgt)}]"
+    assert rescan.lines == [f"Rescanning session {tag}", "LUN 2: added"]
+    listed = subprocess.run(
+        ["nbdinfo", "--list", "--json", daemon.nbd_uri()], capture_output=True, text=True,
+        timeout=30,
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    sizes = {e["export-name"]: e["export-size"] for e in json.loads(listed.stdout)["exports"]}
+    assert sizes == {f"{tgt.iqn}/1": tgt.size, f"{tgt.iqn}/2": 8 << 20}
+
+    again = daemon.client("-m", "node", "-T", tgt.iqn, "-p", portal, "-R")
+    assert again.returncode == 0 and again.lines == [f"Rescanning session {tag}"]
+    assert daemon.client("-m", "node", "--logout").returncode == 0
+    assert daemon.client("-m", "session", "-R").returncode == 21  # no session to rescan
+
+
 def test_login_or_logout_of_all_with_a_named_node_is_refused(
     two_targets: TgtDisk, daemon: Daemon
 ) -> None:
