@@ -342,12 +342,20 @@ def logins(result: Mapping[str, Any], *, unreached: Sequence[tuple[str, int]] = 
     return output
 
 
+def _per_session(output: Output, result: Mapping[str, Any], key: str) -> list[Any]:
+    """The reply's entries, one per session; with none, iscsiadm's "no matching sessions"
+    goes to ``output``."""
+    entries = items(result, key)
+    if not entries:
+        none_found(output, NO_MATCHING_SESSIONS)
+    return entries
+
+
 def logouts(result: Mapping[str, Any]) -> Output:
     """``--logout``, ``-U all``, ``-m session -u``: iscsiadm's lines for each session."""
     output = Output()
-    entries = items(result, "logouts")
+    entries = _per_session(output, result, "logouts")
     if not entries:
-        none_found(output, NO_MATCHING_SESSIONS)
         return output
     for entry in entries:
         output.out(f"Logging out of session {_session_tag(entry)}")
@@ -366,9 +374,8 @@ def rescans(result: Mapping[str, Any]) -> Output:
     """``-R``: iscsiadm's ``Rescanning session [...]`` per session; then, ours, a line per
     LUN added or resized, and the reason of a session that could not be rescanned."""
     output = Output()
-    entries = items(result, "rescans")
+    entries = _per_session(output, result, "rescans")
     if not entries:
-        none_found(output, NO_MATCHING_SESSIONS)
         return output
     for entry in entries:
         output.out(f"Rescanning session {_session_tag(entry)}")
