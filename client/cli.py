@@ -59,10 +59,7 @@ class View(Enum):
 
 @dataclass(frozen=True)
 class Invocation:
-    """One parsed command: what to ask the daemon and how to print the answer.
-
-    ``op`` is None for the commands answered without the daemon (``-R``).
-    """
+    """One parsed command: what to ask the daemon and how to print the answer."""
 
     op: str
     args: dict[str, Any]

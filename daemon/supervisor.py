@@ -403,14 +403,17 @@ class Supervisor:
                     f"a login or logout of [target: {record.target}, portal: {record.portal}] "
                     "is under way: try again when it has finished"
                 )
-            for session in self.sessions.values():
-                if (session.target, session.portal.address_port) == (record.target, record.portal):
-                    raise SessionExists(
-                        f"session [sid: {session.sid}] uses [target: {record.target}, portal: "
-                        f"{record.portal}]: log it out first, then delete the record"
-                    )
+            if (session := self._session_for(record)) is not None:
+                raise SessionExists(
+                    f"session [sid: {session.sid}] uses [target: {record.target}, portal: "
+                    f"{record.portal}]: log it out first, then delete the record"
+                )
 
     # ------------------------------------------------------------- logins
+
+    def _sessions_of(self, nodes: set[tuple[str, str]]) -> list[Session]:
+        """The sessions of these (target, portal) nodes."""
+        return [s for s in self.sessions.values() if (s.target, s.portal.address_port) in nodes]
 
     def _session_for(self, record: NodeRecord) -> Session | None:
         for session in self.sessions.values():
@@ -633,9 +636,7 @@ class Supervisor:
             wanted = {(r.target, r.portal) for r in self._records(args)}
             if wanted & self._busy:
                 raise SessionExists("a login to that node is under way: try again when it is done")
-            sessions = [
-                s for s in self.sessions.values() if (s.target, s.portal.address_port) in wanted
-            ]
+            sessions = self._sessions_of(wanted)
             busy = self._in_use(sessions)
         if not sessions:
             raise NoRecords("no matching sessions found")
@@ -671,10 +672,7 @@ class Supervisor:
         if args.get("sid") is not None:
             sessions = [self._session_by_sid(args)]
         elif args.get("target") is not None or args.get("portal") is not None:
-            wanted = {(r.target, r.portal) for r in self._records(args)}
-            sessions = [
-                s for s in self._sorted_sessions() if (s.target, s.portal.address_port) in wanted
-            ]
+            sessions = self._sessions_of({(r.target, r.portal) for r in self._records(args)})
         else:
             sessions = self._sorted_sessions()
         if not sessions:
