@@ -12,6 +12,9 @@ Parts (all by default; --only picks some):
   idle       200 idle sessions in one daemon: time to log in, RSS, CPU per minute of pings
   placement  4 KiB reads, 1 in flight, libiscsi and the session API with tgtd and the
              initiator pinned to two CPUs, then to one
+  floor      4 KiB reads, 1 in flight: libiscsi, a Python loop with no iSCSI logic,
+             pyiscsid's protocol core over a blocking socket, the session API; latency
+             and CPU per command, to read what Python costs and what pyiscsid adds
 
 Ratios to libiscsi come from the same run (api and nbd bring libiscsi along). Speed goals
 (issue 6) are judged on them here, never in tests. Progress goes to stderr, the report to
@@ -28,12 +31,12 @@ import sys
 import time
 from types import FrameType
 
-from . import idle, login, placement, resources, throughput
+from . import floor, idle, login, placement, resources, throughput
 from . import report as fmt
 from .rig import DISK, Rig
 from .workloads import WORKLOADS
 
-PARTS = ("libiscsi", "api", "nbd", "placement", "login", "resources", "idle")
+PARTS = ("libiscsi", "api", "nbd", "placement", "floor", "login", "resources", "idle")
 PATHS = {
     "libiscsi": (throughput.LIBISCSI,),
     "api": (throughput.SESSION_API,),
@@ -133,6 +136,11 @@ def run(args: argparse.Namespace) -> list[str]:
         if "placement" in args.parts and one_in_flight:
             rows_pinned = placement.run(rig, one_in_flight[0], args.seconds)
             out += ["", *fmt.placement(rows_pinned, one_in_flight[0])]
+        if "floor" in args.parts and one_in_flight:
+            out += [
+                "",
+                *fmt.floor(floor.run(rig, one_in_flight[0], args.seconds), one_in_flight[0]),
+            ]
         if "login" in args.parts:
             out += ["", *fmt.login(login.run(rig, args.login_rounds), args.login_rounds)]
         if "resources" in args.parts:

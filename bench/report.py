@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .floor import FloorRow
 from .idle import Idle
 from .login import BASELINE as LOGIN_BASELINE
 from .login import LoginRow
@@ -224,4 +225,21 @@ def placement(rows: Sequence[PlacementRow], workload: Workload) -> list[str]:
             f"  {row.placement:{WIDTH - 2}} {row.libiscsi.latency_us:11.1f}"
             f" {row.pyiscsid.latency_us:11.1f} {value:5.2f}x {workload.goal.describe()} {mark}"
         )
+    return out
+
+
+def floor(rows: Sequence[FloorRow], workload: Workload) -> list[str]:
+    """Where the 1-in-flight latency goes: the rows share libiscsi's ratio and add CPU time
+    per command, so that what Python costs and what pyiscsid adds to it read apart."""
+    if not rows:
+        return []
+    theirs = rows[0].run
+    out = [
+        f"Floor: {workload.name}, one session each (see bench/floor.py)",
+        f"{'':{WIDTH}} {'lat us':>8} {'ratio':>6} {'CPU us/cmd':>11}",
+    ]
+    for row in rows:
+        cpu = "-" if row.cpu_us is None else f"{row.cpu_us:.1f}"
+        ratio = workload.goal.ratio_of(row.run, theirs)
+        out.append(f"  {row.name:{WIDTH - 2}} {row.run.latency_us:8.1f} {ratio:5.2f}x {cpu:>11}")
     return out
