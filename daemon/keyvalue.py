@@ -16,16 +16,24 @@ _KEY = re.compile(
     r"[A-Za-z][A-Za-z0-9_]*(\[[0-9]{1,3}\])?(\.[A-Za-z][A-Za-z0-9_]*(\[[0-9]{1,3}\])?)+"
 )
 MAX_SHOWN_KEY = 80
+# The first word of every key: open-iscsi's (iscsid.conf, node and iface records) and
+# pyiscsid's own (tests check that settings.SETTINGS uses no other).
+NAMESPACES = frozenset(
+    {"control", "daemon", "discovery", "firmware", "iface", "iscsid", "log", "node", "rootdisk"}
+)
 
 
 def looks_like_key(key: str) -> bool:
-    """Whether ``key`` may be quoted in a message: it has a setting's shape.
+    """Whether ``key`` may be quoted in a message: it has a setting's shape, dotted words
+    that start with a namespace of settings.
 
-    Anything else (``S3cr3tPW`` from ``S3cr3tPW=abc``, base64 ending in ``=``, control
-    characters, a byte order mark, megabytes of text) may be a password that lost its key,
-    or garbage that would break a log line, and is not shown.
+    Anything else (``S3cr3tPW`` from ``S3cr3tPW=abc``, ``hunter2.secret``, base64 ending in
+    ``=``, control characters, a byte order mark, megabytes of text) may be a password that
+    lost its key, or garbage that would break a log line, and is not shown.
     """
-    return len(key) <= MAX_SHOWN_KEY and _KEY.fullmatch(key) is not None
+    if len(key) > MAX_SHOWN_KEY or _KEY.fullmatch(key) is None:
+        return False
+    return key.partition(".")[0].partition("[")[0] in NAMESPACES
 
 
 class KeyValueSyntaxError(ValueError):

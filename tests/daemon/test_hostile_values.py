@@ -20,7 +20,7 @@ import pytest
 from pyiscsid.daemon import settings
 from pyiscsid.daemon.config import ConfigError, load_config
 from pyiscsid.daemon.control import InvalidRequest, _encode, parse_request
-from pyiscsid.daemon.keyvalue import KeyValueSyntaxError, parse_lines
+from pyiscsid.daemon.keyvalue import KeyValueSyntaxError, looks_like_key, parse_lines
 from pyiscsid.daemon.nodedb import NodeDB
 from pyiscsid.daemon.settings import InvalidSetting
 
@@ -149,6 +149,8 @@ SECRET = "S3cr3tPW"
         "export node.startup = automatic",
         "k" * 100_000 + " = 1",
         "node." + "k" * 80 + " = 1",
+        "hunter2.secret = 1",  # dotted words, but no setting's namespace
+        f"{SECRET}.x[0].y = 1",
     ],
 )
 def test_a_key_without_a_setting_shape_is_not_quoted(tmp_path: Path, line: str) -> None:
@@ -173,6 +175,13 @@ def test_a_key_with_a_setting_shape_is_named_with_a_hint() -> None:
         settings.validate(SECRET, "abc")
     assert str(info.value) == "not a known setting (not shown)"
     assert not info.value.key_shown and info.value.value is None
+
+
+def test_every_setting_is_in_a_namespace_whose_keys_are_quoted() -> None:
+    """A new namespace of settings must be added to keyvalue.NAMESPACES, or its mistyped
+    keys would be hidden as if they were passwords."""
+    for key in [*settings.SETTINGS, *settings.OPEN_ISCSI_UNUSED]:
+        assert looks_like_key(key), key
 
 
 def test_a_repeated_key_without_a_setting_shape_is_not_quoted() -> None:
