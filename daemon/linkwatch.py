@@ -28,7 +28,7 @@ import functools
 import ipaddress
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -267,7 +267,7 @@ class LinkWatch:
         self._sock: socket.socket | None = None
         self._port = 0
         self._reading = False  # the loop's reader is on (off: paused, see _pace)
-        self._pending: Iterator[tuple[Header, Body | None]] = iter(())  # a datagram's rest
+        self._pending: rtnetlink.Datagram | None = None  # the rest of a datagram read
         self._resume: asyncio.Handle | None = None  # the next callback, when paused
         self._table = _Table()
         self._baseline = False  # the table has come from a complete dump
@@ -343,7 +343,7 @@ class LinkWatch:
         resume, self._resume = self._resume, None
         if resume is not None:
             resume.cancel()
-        self._pending, self._reading = iter(()), False
+        self._pending, self._reading = None, False
         if sock is not None:
             with contextlib.suppress(RuntimeError):  # the loop may be closing
                 asyncio.get_running_loop().remove_reader(sock.fileno())
@@ -485,11 +485,16 @@ class LinkWatch:
         handled = 0
         try:
             while handled < READ_BUDGET and sock is not None and sock is self._sock:
-                message = next(self._pending, None)
-                if message is not None:
-                    handled += 1
-                    self._message(*message)
-                    continue
+                pending = self._pending
+                if pending is not None:
+                    message = next(pending, None)
+                    if message is not None:
+                        handled += 1
+                        self._message(*message)
+                        continue
+                    self._pending = None
+                    if pending.unreadable is not None:
+                        self._overflowed("unreadable", pending.unreadable)
                 try:
                     data = sock.recv(RECV_SIZE)
                 except (BlockingIOError, InterruptedError):
@@ -530,14 +535,18 @@ class LinkWatch:
             loop.remove_reader(sock.fileno())
             loop.add_reader(sock.fileno(), self._readable)
 
-    def _overflowed(self) -> None:
+    def _overflowed(self, what: str = "overflowed", reason: str | None = None) -> None:
+        """Events were lost: the kernel dropped some (ENOBUFS), or a datagram ended in a
+        message that could not be read (``what`` "unreadable", and why)."""
         self._overflows += 1  # a dump in flight will notice, and be tried again
         self._in_sync.clear()
         if not self._started:  # start()'s own dump: it notices
             return
         if self._sync is not None and not self._sync.done():
             return  # one episode, said once: its dumps go on until one is complete
-        self.log.warning("link events overflowed: dumping links again", ISCSI_EVENT="linkwatch")
+        why = {"reason": reason} if reason is not None else {}
+        self.log.warning(f"link events {what}: dumping links again", **why,
+                         ISCSI_EVENT="linkwatch")  # fmt: skip
         self._sync = asyncio.get_running_loop().create_task(self._synchronise(0.0))
 
     def _message(self, header: Header, body: Body | None) -> None:

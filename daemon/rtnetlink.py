@@ -71,6 +71,7 @@ __all__ = [
     "USABLE",
     "AddressInfo",
     "Body",
+    "Datagram",
     "Header",
     "LinkInfo",
     "RouteInfo",
@@ -164,28 +165,58 @@ _MARSHAL = MarshalRtnl()
 _MARSHAL.msg_map[NLMSG_DONE] = _Done
 
 
-def decode(data: bytes) -> Iterator[tuple[Header, Body | None]]:
-    """Each message of one netlink datagram, decoded as it is asked for; None for a message of
-    a kind the watch does not use. A message cut short, or one pyroute2 cannot decode, ends the
-    datagram: the kernel sends neither."""
-    messages = _MARSHAL.parse(data)
-    while True:
-        try:
-            msg = next(messages, None)
-            if msg is None:
+class Datagram:
+    """The messages of one netlink datagram, each decoded as it is asked for; None for a
+    message of a kind the watch does not use. A message cut short, or one pyroute2 cannot
+    decode, ends the datagram, and :attr:`unreadable` then says why: the kernel sends
+    neither, so the news in the rest of the datagram is lost."""
+
+    def __init__(self, data: bytes) -> None:
+        self.unreadable: str | None = None
+        self._messages = self._decode(data)
+
+    def __iter__(self) -> Iterator[tuple[Header, Body | None]]:
+        return self._messages
+
+    def __next__(self) -> tuple[Header, Body | None]:
+        return next(self._messages)
+
+    def _decode(self, data: bytes) -> Iterator[tuple[Header, Body | None]]:
+        messages = _MARSHAL.parse(data)
+        end = 0  # of the messages read, aligned as the kernel aligns them (NLMSG_ALIGN)
+        while True:
+            try:
+                msg = next(messages, None)
+                if msg is None:
+                    if end < len(data):  # pyroute2 stops, silent, at a message cut short
+                        self.unreadable = (
+                            f"{len(data) - end} bytes at offset {end} of a {len(data)}-byte "
+                            "datagram are not a whole message"
+                        )
+                    return
+                fields = msg["header"]
+                if msg.offset + fields["length"] > len(data):
+                    self.unreadable = (
+                        f"a message of {fields['length']} bytes at offset {msg.offset} "
+                        f"runs past the {len(data)}-byte datagram"
+                    )
+                    return
+                end = (msg.offset + fields["length"] + 3) & ~3
+                header = Header(
+                    fields["type"], fields["flags"], fields["sequence_number"], fields["pid"]
+                )
+                body = _body(header.type, msg)
+            except Exception as exc:  # pyroute2 says nothing of what it raises for bad bytes
+                self.unreadable = f"pyroute2 could not decode a message: {exc!r}"[:200]
                 return
-            fields = msg["header"]
-            if msg.offset + fields["length"] > len(data):
-                return
-            header = Header(
-                fields["type"], fields["flags"], fields["sequence_number"], fields["pid"]
-            )
-            body = _body(header.type, msg)
-        except Exception:  # pyroute2 says nothing of what it raises for bytes it cannot read
-            return
-        with contextlib.suppress(Exception):  # else the garbage collector frees it
-            _release(msg)
-        yield header, body
+            with contextlib.suppress(Exception):  # else the garbage collector frees it
+                _release(msg)
+            yield header, body
+
+
+def decode(data: bytes) -> Datagram:
+    """The messages of ``data``, one datagram read from the socket (see :class:`Datagram`)."""
+    return Datagram(data)
 
 
 def _body(kind: int, msg: Any) -> Body | None:

@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import socket
+import struct
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ import structlog
 from pyiscsid.daemon import linkwatch, rtnetlink
 from pyiscsid.daemon.linkwatch import InterfaceUp, LinkWatch
 from pyiscsid.daemon.localtarget import tool_path
-from pyiscsid.daemon.rtnetlink import RTM_NEWLINK
+from pyiscsid.daemon.rtnetlink import RTM_DELADDR, RTM_NEWLINK
 
 ADDRESS = "198.18.1.1"  # RFC 2544 benchmarking range, and only inside the namespace
 OTHER = "198.18.1.5"
@@ -317,6 +318,39 @@ async def test_lost_events_are_recovered_by_dumping_again(
         loop.add_reader(sock.fileno(), watch._readable)
         await news.expect("lost", ADDRESS)
     assert any(entry["event"].startswith("link events overflowed") for entry in logs), logs
+    assert watch.active
+
+
+async def test_news_in_a_message_that_cannot_be_read_is_recovered_by_dumping_again(
+    watched: tuple[str, News, LinkWatch], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The kernel never sends a message cut short, so the test cuts one (a fake, white-box):
+    the RTM_DELADDR of a real ``ip addr del`` loses its last bytes on its way to the decoder.
+    The watch says why it lost news, dumps again and still reports the address lost."""
+    netns, news, watch = watched
+    await ip_in(netns, "addr", "add", f"{ADDRESS}/30", "dev", "lw0")
+    await ip_in(netns, "link", "set", "lw0", "up")
+    await news.expect("interface", "lw0")
+    decode = rtnetlink.decode
+    cut: list[int] = []
+
+    def cutting(data: bytes) -> rtnetlink.Datagram:
+        if not cut and struct.unpack_from("=H", data, 4)[0] == RTM_DELADDR:
+            cut.append(len(data))
+            return decode(data[:-4])
+        return decode(data)
+
+    monkeypatch.setattr(rtnetlink, "decode", cutting)
+    with structlog.testing.capture_logs() as logs:
+        await ip_in(netns, "addr", "del", f"{ADDRESS}/30", "dev", "lw0")
+        await news.expect("lost", ADDRESS)
+    assert cut, "no RTM_DELADDR was read"
+    [said] = [e for e in logs if e["event"] == "link events unreadable: dumping links again"]
+    assert (
+        said["reason"]
+        == f"{cut[0] - 4} bytes at offset 0 of a {cut[0] - 4}-byte datagram are not a whole message"
+    )
+    assert said["log_level"] == "warning"
     assert watch.active
 
 

@@ -137,6 +137,31 @@ def test_a_message_that_cannot_be_decoded_ends_the_datagram() -> None:
     message: there, only that nothing escapes is promised (see the test below)."""
     short = NLMSGHDR.pack(24, rt.RTM_NEWLINK, 0, 0, 0) + bytes(8)  # no room for an ifinfomsg
     assert bodies(MESSAGES[0] + short) == EXPECTED[:1]
+    datagram = rt.decode(MESSAGES[0] + short)
+    assert len(list(datagram)) == 1
+    assert datagram.unreadable is not None
+    assert datagram.unreadable.startswith("pyroute2 could not decode a message: ")
+
+
+def test_a_datagram_says_whether_it_ended_early() -> None:
+    """What the watch warns about: news lost in a message it could not read."""
+    whole = rt.decode(b"".join(MESSAGES))
+    assert len(list(whole)) == len(EXPECTED)
+    assert whole.unreadable is None
+    data = b"".join(MESSAGES)[:-4]
+    cut = rt.decode(data)
+    assert len(list(cut)) == len(EXPECTED) - 1
+    assert cut.unreadable is not None
+    for size in range(1, len(MESSAGES[-1])):  # the last message cut short, however much
+        datagram = rt.decode(b"".join(MESSAGES)[:-size])
+        assert len(list(datagram)) == len(EXPECTED) - 1
+        assert datagram.unreadable, size
+    alone = rt.decode(MESSAGES[0][:-4])  # pyroute2 yields nothing, and says nothing
+    assert list(alone) == []
+    assert alone.unreadable == (
+        f"{len(MESSAGES[0]) - 4} bytes at offset 0 of a {len(MESSAGES[0]) - 4}-byte "
+        "datagram are not a whole message"
+    )
 
 
 def test_route_answer() -> None:
