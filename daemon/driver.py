@@ -162,6 +162,8 @@ class IscsiConnection(asyncio.Protocol):
         self._batch = IterationBatch(self._loop, self._write)  # commands of one iteration
         self._error: ISCSIError | None = None
         self.on_event: Callable[[Event], None] | None = None  # async messages etc.
+        # News in a unit attention other than power-on (its session's, once logged in).
+        self.on_unit_attention: Callable[[int, Sense], None] | None = None
         self.log = structlog.get_logger("pyiscsid.connection").bind(
             ISCSI_PORTAL=portal.address_port, ISCSI_TARGET=config.target_name
         )
@@ -496,7 +498,7 @@ class IscsiConnection(asyncio.Protocol):
             if sense is None or not sense.is_unit_attention:
                 return result
             if not sense.is_power_on_reset:
-                self.log_event("unit attention", lun=lun, sense=sense.code, reason=str(sense))
+                self.unit_attention(lun, sense)
         return result
 
     def start(
@@ -619,6 +621,15 @@ class IscsiConnection(asyncio.Protocol):
 
     def log_event(self, event: str, **fields: Any) -> None:
         self.log.warning(event, **fields)
+
+    def unit_attention(self, lun: int, sense: Sense) -> None:
+        """A unit attention other than power-on: news for the administrator (capacity or
+        mode parameters changed, LUNs added), told to :attr:`on_unit_attention`, else
+        logged."""
+        if self.on_unit_attention is not None:
+            self.on_unit_attention(lun, sense)
+        else:
+            self.log_event("unit attention", lun=lun, sense=sense.code, reason=str(sense))
 
     def abort(self, reason: str) -> None:
         """Drop the connection now (a link went down, the target asked us to go)."""

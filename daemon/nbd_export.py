@@ -241,9 +241,7 @@ class LunExport:
         sense = result.sense
         if sense is not None and sense.is_unit_attention:
             if not sense.is_power_on_reset:
-                self.session.log.warning(
-                    "unit attention", lun=self.lun, sense=sense.code, reason=str(sense)
-                )
+                self.session.unit_attention(self.lun, sense)
             return Answered.RETRY
         try:
             _check(result, whole=True)

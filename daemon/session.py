@@ -18,7 +18,7 @@ from pyiscsid.protocol.discovery import Portal
 from pyiscsid.protocol.errors import ISCSIError
 from pyiscsid.protocol.events import CommandCompleted
 from pyiscsid.protocol.login import random_isid
-from pyiscsid.protocol.sense import SenseKey
+from pyiscsid.protocol.sense import Sense, SenseKey
 
 from .busypoll import BusyPoll
 from .driver import CommandResult, IscsiConnection, open_connection
@@ -34,6 +34,9 @@ from .recovery import Recovery, SessionLoggedOut, SessionState
 LUN_ABSENT_CHECKS = 3
 LUN_ABSENT_SECONDS = 5.0
 LUN_RECHECK_SECONDS = 30.0  # how often a LUN failed as removed is asked whether it is back
+# Unit attentions (ASC, ASCQ) that call for a rescan: capacity data has changed, reported
+# LUNs data has changed (SPC-4 table D.1).
+LUN_NEWS = frozenset({(0x2A, 0x09), (0x3F, 0x0E)})
 
 # RFC 7143 names of the negotiated parameters that `-m session -P 2` shows.
 _SHOWN_PARAMETERS = (
@@ -231,6 +234,8 @@ class Session:
         self.lun_recheck_seconds = LUN_RECHECK_SECONDS
         self._rechecking = False  # _recheck_removed runs
         self.exports: dict[int, str] = {}  # LUN -> its NBD export name, while served
+        # A unit attention said the LUNs or a capacity changed (see unit_attention).
+        self.on_lun_news: Callable[[Session], None] | None = None
 
     @property
     def connection(self) -> IscsiConnection | None:
@@ -242,9 +247,20 @@ class Session:
 
     async def _connect(self) -> IscsiConnection:
         """One login with this session's ISID and TSIH 0: a reconnect reinstates the session."""
-        return await open_connection(
+        connection = await open_connection(
             self.portal, self.config, login_timeout=self.login_timeout, busy_poll=self.busy_poll
         )
+        connection.on_unit_attention = self.unit_attention
+        return connection
+
+    def unit_attention(self, lun: int, sense: Sense) -> None:
+        """A unit attention other than power-on, on either path a command takes (the
+        connection's ``execute``, the NBD export's judge): logged, and when it says the
+        LUNs or a disk's capacity changed (SPC-4: 0x3F/0x0E, 0x2A/0x09), told to
+        :attr:`on_lun_news`, which rescans, as a udev rule does for Linux's uevent."""
+        self.log.warning("unit attention", lun=lun, sense=sense.code, reason=str(sense))
+        if (sense.asc, sense.ascq) in LUN_NEWS and self.on_lun_news is not None:
+            self.on_lun_news(self)
 
     @staticmethod
     def new_isid() -> int:

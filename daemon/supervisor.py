@@ -230,6 +230,7 @@ class Supervisor:
         self.busy_poll = busy_poll  # shared with the NBD server (iscsid.busy_poll)
         self.links: LinkWatch | None = None  # asked which interface a target's route uses
         self._background: set[asyncio.Task[Any]] = set()
+        self._news: dict[int, bool] = {}  # SID -> more news came during its rescan
         self._started = time.monotonic()
         self._operations: dict[str, Callable[[dict[str, Any], Peer], Any]] = {
             "status": self._status,
@@ -488,6 +489,7 @@ class Supervisor:
             busy_poll=self.busy_poll,
             on_given_up=self._given_up,
         )
+        session.on_lun_news = self._lun_news
         return session
 
     def _given_up(self, session: Session) -> None:
@@ -716,6 +718,35 @@ class Supervisor:
             resized=[{"lun": n, "was": was, "size": now} for n, was, now in found.resized],
         )
         return entry
+
+    def _lun_news(self, session: Session) -> None:
+        """A unit attention said that the LUNs or a disk's capacity changed on the target:
+        rescan in the background, as ``-R`` does. One rescan at a time per session, and
+        one more if news came during it (it may have read the LUNs before the change)."""
+        if session.sid in self._news:
+            self._news[session.sid] = True
+            return
+        self._news[session.sid] = False
+        task = asyncio.get_running_loop().create_task(self._rescan_for_news(session))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _rescan_for_news(self, session: Session) -> None:
+        try:
+            while True:
+                entry = await self._rescan(session)
+                if not entry["ok"]:
+                    self.log.warning(
+                        "rescan after a unit attention failed", reason=entry["error"]["message"],
+                        ISCSI_TARGET=session.target, ISCSI_SID=session.sid,
+                    )  # fmt: skip
+                if not self._news.get(session.sid):
+                    return
+                self._news[session.sid] = False
+        except Exception:  # a bug: said, and the session goes on
+            self.log.exception("rescan after a unit attention failed", ISCSI_SID=session.sid)
+        finally:
+            self._news.pop(session.sid, None)
 
     async def _session_logout(self, args: dict[str, Any], peer: Peer) -> dict[str, Any]:
         session = self._session_by_sid(args)

@@ -4,8 +4,6 @@ answer alone (judge reads the answer, and logs through the session's logger only
 from __future__ import annotations
 
 import asyncio
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 from pyiscsid.daemon import nbd_protocol as wire
@@ -13,22 +11,24 @@ from pyiscsid.daemon.driver import ConnectionLostError
 from pyiscsid.daemon.nbd_export import Answered, LunExport, NbdIOError
 from pyiscsid.protocol.errors import TaskAborted
 from pyiscsid.protocol.events import CommandCompleted
+from pyiscsid.protocol.sense import Sense
 
 GOOD, CHECK_CONDITION, BUSY = 0x00, 0x02, 0x08
 UNIT_ATTENTION, MEDIUM_ERROR, DATA_PROTECT = 0x6, 0x3, 0x7
 
 
-class Log:
-    def __init__(self) -> None:
-        self.warnings: list[tuple[str, dict[str, Any]]] = []
+class Session:
+    """What the judge tells its session: the unit attentions that are news."""
 
-    def warning(self, event: str, **fields: Any) -> None:
-        self.warnings.append((event, fields))
+    def __init__(self) -> None:
+        self.unit_attentions: list[tuple[int, str]] = []
+
+    def unit_attention(self, lun: int, sense: Sense) -> None:
+        self.unit_attentions.append((lun, sense.code))
 
 
 def export() -> LunExport:
-    session = SimpleNamespace(log=Log())
-    return LunExport(session, 1, "iqn.2026-11.test.pyiscsid:judge/1", 1 << 20, 512)
+    return LunExport(Session(), 1, "iqn.2026-11.test.pyiscsid:judge/1", 1 << 20, 512)
 
 
 def fixed_sense(key: int, asc: int, ascq: int = 0) -> bytes:
@@ -73,9 +73,7 @@ async def test_a_unit_attention_goes_the_full_way_since_the_command_did_not_run(
     assert disk.judge(await answered(CHECK_CONDITION, sense), 0, True) is Answered.RETRY
     power_on = fixed_sense(UNIT_ATTENTION, 0x29)  # every new session's: not news
     assert disk.judge(await answered(CHECK_CONDITION, power_on), 0, True) is Answered.RETRY
-    assert [(event, fields["sense"]) for event, fields in disk.session.log.warnings] == [
-        ("unit attention", "0x2a/0x09")
-    ]
+    assert disk.session.unit_attentions == [(1, "0x2a/0x09")]
 
 
 @pytest.mark.parametrize(

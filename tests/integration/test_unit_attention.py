@@ -13,6 +13,21 @@ from tests.fake_target import FakeTarget
 from tests.integration.sessions import make_session
 
 INITIATOR = "iqn.2026-11.test.pyiscsid:unit-attention"
+
+
+class Recorder:
+    """The session's warnings; its other log lines are dropped."""
+
+    def __init__(self, logged: list[tuple[str, dict[str, Any]]]) -> None:
+        self.logged = logged
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.logged.append((event, fields))
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: None
+
+
 LBA = 64
 CAPACITY_CHANGED, MODE_PARAMETERS_CHANGED = (0x2A, 0x09), (0x2A, 0x01)
 
@@ -22,10 +37,8 @@ async def test_a_unit_attention_is_logged_and_the_command_issued_again() -> None
         session = make_session(INITIATOR, target)
         await session.login()
         try:
-            connection = session.connection
-            assert connection is not None
             logged: list[tuple[str, dict[str, Any]]] = []
-            connection.log_event = lambda event, **fields: logged.append((event, fields))  # type: ignore[method-assign]
+            session.log = Recorder(logged)  # type: ignore[assignment]
             target.unit_attentions = [CAPACITY_CHANGED, MODE_PARAMETERS_CHANGED]
             data = bytes(range(256)) * 2
             result = await session.execute(scsi.write10(LBA, 1), lun=target.lun, data_out=data)
