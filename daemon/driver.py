@@ -547,8 +547,8 @@ class IscsiConnection(asyncio.Protocol):
         attribute: TaskAttribute,
         timeouts: TaskTimeouts | None,
     ) -> tuple[int, asyncio.Future[CommandCompleted], _Watched | None]:
-        """Hand a command to the core of a logged-in connection and wait for its answer
-        (``(itt, answer, watch)``), under ``timeouts`` if given."""
+        """Hand a command to the core of a logged-in connection: ``(itt, answer, watch)``,
+        the future of its answer and, under ``timeouts`` if given, its rescue watch."""
         assert self._core is not None
         itt = self._core.send_command(
             cdb,

@@ -274,7 +274,9 @@ class LinkWatch:
         self._sequence = 0
         self._requests: dict[int, _Request] = {}
         self._replay: _Answer | None = None  # events during a dump
-        self._overflows = 0  # ENOBUFS seen: a dump during which this grows is incomplete
+        # Events lost (ENOBUFS, or a datagram unreadable): a dump during which this grows
+        # is incomplete.
+        self._overflows = 0
         self._sync: asyncio.Task[None] | None = None
         self._in_sync = asyncio.Event()
         self._came_up: dict[int, None] = {}  # interfaces to report up, in order
@@ -494,7 +496,7 @@ class LinkWatch:
                         continue
                     self._pending = None
                     if pending.unreadable is not None:
-                        self._overflowed("unreadable", pending.unreadable)
+                        self._events_lost("unreadable", pending.unreadable)
                 try:
                     data = sock.recv(RECV_SIZE)
                 except (BlockingIOError, InterruptedError):
@@ -502,7 +504,7 @@ class LinkWatch:
                 except OSError as exc:
                     if exc.errno == errno.ENOBUFS:  # the kernel dropped events: we missed some
                         self._rearm(sock)
-                        self._overflowed()
+                        self._events_lost()
                         continue
                     self._stopped(exc)
                     break
@@ -535,7 +537,7 @@ class LinkWatch:
             loop.remove_reader(sock.fileno())
             loop.add_reader(sock.fileno(), self._readable)
 
-    def _overflowed(self, what: str = "overflowed", reason: str | None = None) -> None:
+    def _events_lost(self, what: str = "overflowed", reason: str | None = None) -> None:
         """Events were lost: the kernel dropped some (ENOBUFS), or a datagram ended in a
         message that could not be read (``what`` "unreadable", and why)."""
         self._overflows += 1  # a dump in flight will notice, and be tried again

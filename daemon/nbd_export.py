@@ -230,8 +230,9 @@ class LunExport:
         """GOOD with every byte moved is served. An outage or a timeout (an exception) goes
         the full way, which holds the request through recovery, and so does a unit
         attention: the command was not executed (SAM-5 5.14), and Linux issues it again
-        (logged, as :meth:`IscsiConnection.execute` logs one). Any other status is final,
-        the error the full way would give: a medium error is not written twice."""
+        (told to the session, as :meth:`IscsiConnection.execute` tells it). Any other
+        status is final, the error the full way would give: a medium error is not written
+        twice."""
         if answer.cancelled() or answer.exception() is not None:
             return Answered.RETRY
         completed = answer.result()

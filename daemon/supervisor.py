@@ -417,9 +417,8 @@ class Supervisor:
         return [s for s in self.sessions.values() if (s.target, s.portal.address_port) in nodes]
 
     def _session_for(self, record: NodeRecord) -> Session | None:
-        for session in self.sessions.values():
-            if session.target == record.target and session.portal.address_port == record.portal:
-                return session
+        for session in self._sessions_of({(record.target, record.portal)}):
+            return session
         return None
 
     async def _login_one(self, record: NodeRecord, *, attempts: int = 1) -> dict[str, Any]:
